@@ -33,7 +33,9 @@ class DatasetSettings(BaseModel):
 
     url: str = UNSPLASH_LITE_URL
     version: str = "latest"
-    sha256: str = Field("", description="Expected sha256 of the zip; empty skips the check (only sensible with latest).")
+    sha256: str = Field(
+        "", description="Expected sha256 of the zip; empty skips the check (only sensible with latest)."
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N photos (a quick subset); null = all.")
     image_width: int = Field(400, ge=16, le=4096, description="Images are fetched resized with ?w=<width>.")
     concurrency: int = Field(16, ge=1, le=256)
@@ -90,7 +92,9 @@ class EvaluateSettings(BaseModel):
     min_positives: int = Field(1, ge=1)
     k: int = Field(4, ge=1)
     candidates: int = Field(10, ge=1)
-    sample_queries: list[str] = Field(default_factory=lambda: ["a foggy forest at dawn", "a red bicycle", "city at night"])
+    sample_queries: list[str] = Field(
+        default_factory=lambda: ["a foggy forest at dawn", "a red bicycle", "city at night"]
+    )
     output_dir: Path = Path("reports")
 
 
@@ -115,6 +119,41 @@ class SearchSettings(BaseModel):
     candidates: int = Field(10, ge=1, le=1000)
 
 
+class RerankSettings(BaseModel):
+    """The LLM re-ranker (Gemini through the maintained google-genai SDK). No API key -> CLIP order only."""
+
+    enabled: bool = True
+    model: str = Field("gemini-2.5-flash-lite", description="A current Flash-Lite model; gemini-1.5-flash is retired.")
+    api_key: str | None = Field(None, description="Read from GEMINI_API_KEY; never logged.", repr=False)
+    base_url: str | None = Field(None, description="Override the Gemini endpoint (tests, proxies).")
+    budget_s: float = Field(1.5, gt=0, le=30, description="Hard time budget per re-rank call, retries included.")
+    max_retries: int = Field(2, ge=0, le=5, description="Retries on 429/5xx only, and only while the budget allows.")
+    thumbnail_px: int = Field(128, ge=32, le=1024, description="Longest side of the JPEG thumbnails sent to Gemini.")
+    thumbnail_cache_size: int = Field(2048, ge=0)
+    response_cache_size: int = Field(1024, ge=0, description="Identical (query, candidates) answers kept in memory.")
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
+    breaker_reset_s: float = Field(30.0, gt=0, description="How long the breaker stays open before one trial call.")
+    price_input_per_mtok: float = Field(0.10, ge=0, description="USD per million input tokens (for cost metrics).")
+    price_output_per_mtok: float = Field(0.40, ge=0, description="USD per million output tokens.")
+    quota_requests_per_minute: int = Field(4000, ge=1, description="The project's Gemini RPM quota (alerting).")
+
+
+class ServiceSettings(BaseModel):
+    """The HTTP service: where it caches pulled indexes and how it follows the registry."""
+
+    cache_dir: Path = Path("/tmp/clipsearch-cache")  # noqa: S108 - overridden by a volume in k8s
+    images_dir: Path | None = Field(None, description="Local image cache served by /images/{photo_id}.")
+    poll_interval_s: float = Field(30.0, gt=0, description="How often the champion alias is checked.")
+    admin_token: str | None = Field(None, repr=False, description="Bearer token for /admin endpoints.")
+    max_query_chars: int = Field(500, ge=1)
+    max_k: int = Field(50, ge=1)
+    max_candidates: int = Field(200, ge=1)
+    drift_window: int = Field(1000, ge=10, description="Recent query embeddings kept for drift detection.")
+    drift_interval_s: float = Field(300.0, gt=0)
+    drift_min_queries: int = Field(50, ge=2)
+    ui_enabled: bool = True
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -131,6 +170,8 @@ class Settings(BaseSettings):
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod
     def settings_customise_sources(
