@@ -51,3 +51,5 @@ class SearchResult:
     rerank_fallback_reason: str | None
     query_truncated: bool
     index_version: str | None = None
+    rerank_detail: str | None = None
+    rerank_usage: dict[str, float] = field(default_factory=dict)

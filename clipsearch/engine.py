@@ -1,0 +1,121 @@
+"""`SearchEngine`: the only code that answers a query (encode → search → re-rank), with per-stage timings.
+
+The HTTP API, the chat page, the CLI and the `evaluate` stage all call `SearchEngine.search`, so what is
+measured offline is what is served. The engine is immutable once built: the service swaps a whole engine
+when a new index version arrives, so a request never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipsearch.errors import ArtifactError
+from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
+from clipsearch.types import RerankOutcome, SearchResult
+
+if TYPE_CHECKING:
+    from clipsearch.encoder import ClipEncoder
+    from clipsearch.index.artifact import IndexArtifact
+
+
+@dataclass(frozen=True)
+class QueryVector:
+    """An encoded query: the unit vector and whether the text was cut to CLIP's context length."""
+
+    vector: np.ndarray
+    truncated: bool
+
+
+class SearchEngine:
+    """An encoder, an index artifact built by that same encoder, and a re-ranker."""
+
+    def __init__(self, encoder: ClipEncoder, artifact: IndexArtifact, reranker: Reranker | None = None) -> None:
+        if encoder.identity != artifact.manifest.model:
+            raise ArtifactError(
+                f"The index at {artifact.path} was built with {artifact.manifest.model.describe()}, but the "
+                f"encoder is {encoder.identity.describe()}. Vectors from different models are not comparable: "
+                "serve this index with the model named in its manifest, or rebuild it with `dvc repro`."
+            )
+        self.encoder = encoder
+        self.artifact = artifact
+        self.reranker: Reranker = reranker or NoopReranker()
+
+    @property
+    def index_version(self) -> str:
+        return self.artifact.version
+
+    def encode_query(self, query: str) -> QueryVector:
+        """Encode one query (EOT-truncated text path); report whether it exceeded CLIP's context."""
+        _, truncated = self.encoder.tokenize([query])
+        vector = self.encoder.encode_text([query])[0]
+        return QueryVector(vector=vector, truncated=truncated[0])
+
+    def search(self, query: str, k: int = 4, candidates: int = 10, rerank: bool = True) -> SearchResult:
+        """Answer one query: the best `k` of the index's top `candidates`, re-ranked when asked and possible."""
+        start = time.perf_counter()
+        encoded = self.encode_query(query)
+        encoded_at = time.perf_counter()
+        return self.search_vector(
+            query,
+            encoded,
+            k=k,
+            candidates=candidates,
+            rerank=rerank,
+            started_at=start,
+            encode_ms=(encoded_at - start) * 1000.0,
+        )
+
+    def search_vector(
+        self,
+        query: str,
+        encoded: QueryVector,
+        *,
+        k: int = 4,
+        candidates: int = 10,
+        rerank: bool = True,
+        started_at: float | None = None,
+        encode_ms: float = 0.0,
+    ) -> SearchResult:
+        """The part of `search` after encoding, for callers that encode in batches or cache embeddings."""
+        start = started_at if started_at is not None else time.perf_counter()
+        n_candidates = max(k, candidates)
+        t0 = time.perf_counter()
+        scores, rows = self.artifact.index.search(encoded.vector[None, :].astype(np.float32, copy=False), n_candidates)
+        pool = self.artifact.candidates_for(rows[0], scores[0])
+        t1 = time.perf_counter()
+        if rerank and not isinstance(self.reranker, NoopReranker) and pool:
+            outcome = self.reranker.rerank(query, pool, k)
+        else:
+            outcome = RerankOutcome(
+                results=clip_order(pool, k), applied=False, fallback_reason="not_requested" if not rerank else "disabled"
+            )
+        t2 = time.perf_counter()
+        return SearchResult(
+            results=outcome.results,
+            query=query,
+            timings_ms={
+                "encode": encode_ms,
+                "search": (t1 - t0) * 1000.0,
+                "rerank": (t2 - t1) * 1000.0,
+                "total": (t2 - start) * 1000.0,
+            },
+            rerank_applied=outcome.applied,
+            rerank_fallback_reason=None if outcome.applied else outcome.fallback_reason,
+            query_truncated=encoded.truncated,
+            index_version=self.index_version,
+            rerank_detail=outcome.detail,
+            rerank_usage=outcome.usage,
+        )
+
+
+def load_engine(index_dir: Path, encoder: ClipEncoder, reranker: Reranker | None = None) -> SearchEngine:
+    """Load and verify an artifact for this encoder (checksums, format, model identity), then build an engine."""
+    from clipsearch.index.artifact import load_artifact
+
+    artifact = load_artifact(index_dir, expected_model=encoder.identity)
+    return SearchEngine(encoder, artifact, reranker)

@@ -1,0 +1,151 @@
+"""DVC stage `evaluate`: run the SearchEngine over judged queries, write metrics.json, log everything to MLflow.
+
+Judgments come from Unsplash Lite itself (conversions graded by distinct users, with a temporal hold-out,
+plus user-confirmed keywords); see `clipsearch.relevance`. Retrieval is evaluated in CLIP order (the
+re-ranker is an online component with its own budget and fallbacks), through the same `SearchEngine.search`
+the service calls, so the latency recorded here is the served code path's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from clipsearch.cli_support import run_cli
+from clipsearch.encoder import ClipEncoder
+from clipsearch.engine import SearchEngine, load_engine
+from clipsearch.errors import DataFormatError
+from clipsearch.metrics import evaluate_rankings, latency_summary
+from clipsearch.registry import client_for, flatten_params, registry_errors
+from clipsearch.relevance import JudgedQuery, build_judgments
+from clipsearch.settings import Settings, get_settings
+
+log = logging.getLogger("training.evaluate")
+
+METRICS_FILE = Path("metrics.json")
+GRID_THUMB = 160
+
+
+def load_judgments(settings: Settings, indexed_ids: list[str]) -> tuple[list[JudgedQuery], dict[str, Any]]:
+    lite = settings.dataset.data_dir / "lite"
+    try:
+        conversions = pd.read_parquet(lite / "conversions.parquet")
+        keywords = pd.read_parquet(lite / "keywords.parquet")
+    except FileNotFoundError as exc:
+        raise DataFormatError(f"{exc.filename} is missing: run `dvc repro download` first.") from exc
+    judgments = build_judgments(conversions, keywords, indexed_ids, settings.evaluate)
+    if not judgments.queries:
+        raise DataFormatError(
+            "No judged queries could be built from conversions and keywords for the photos in the index. "
+            "Lower evaluate.min_users / evaluate.min_positives, or index more photos (dataset.limit)."
+        )
+    return judgments.queries, judgments.describe()
+
+
+def run_queries(engine: SearchEngine, queries: list[JudgedQuery], depth: int) -> list[dict[str, Any]]:
+    """Search every judged query through the engine; keep the ranking and the per-stage timings."""
+    engine.search("warm-up query", k=depth, candidates=depth, rerank=False)
+    rows = []
+    for judged in tqdm(queries, desc="evaluate", unit="query"):
+        result = engine.search(judged.query, k=depth, candidates=depth, rerank=False)
+        rows.append(
+            {
+                "query": judged.query,
+                "ranked": [r.candidate.photo_id for r in result.results],
+                "scores": [round(r.candidate.score, 5) for r in result.results],
+                "relevant": judged.relevant,
+                "timings_ms": result.timings_ms,
+            }
+        )
+    return rows
+
+
+def results_grid(engine: SearchEngine, queries: list[str], images_dir: Path, out: Path, k: int = 4) -> Path:
+    """A PNG with one row per sample query: the query text and its top-k images (from the local image cache)."""
+    label_w, pad = 260, 6
+    grid = Image.new("RGB", (label_w + k * (GRID_THUMB + pad), len(queries) * (GRID_THUMB + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for row, query in enumerate(queries):
+        y = pad + row * (GRID_THUMB + pad)
+        draw.text((pad, y + GRID_THUMB // 2 - 6), query[:40], fill="black")
+        for col, ranked in enumerate(engine.search(query, k=k, candidates=max(k, 10), rerank=False).results):
+            path = images_dir / f"{ranked.candidate.photo_id}.jpg"
+            x = label_w + col * (GRID_THUMB + pad)
+            if path.is_file():
+                with Image.open(path) as img:
+                    thumb = img.convert("RGB")
+                    thumb.thumbnail((GRID_THUMB, GRID_THUMB))
+                    grid.paste(thumb, (x, y))
+            draw.text((x + 3, y + 3), f"{ranked.candidate.score:.3f}", fill="yellow")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    return out
+
+
+def main() -> None:
+    settings = get_settings()
+    encoder = ClipEncoder.from_settings(settings.model)
+    engine = load_engine(settings.index.output_dir, encoder)
+    queries, judgment_info = load_judgments(settings, [str(i) for i in engine.artifact.ids])
+    depth = max(settings.evaluate.candidates, 10)
+    started = time.perf_counter()
+    rows = run_queries(engine, queries, depth)
+    quality = evaluate_rankings([(r["ranked"], r["relevant"]) for r in rows])
+    latency = latency_summary([r["timings_ms"]["total"] for r in rows])
+    encode = latency_summary([r["timings_ms"]["encode"] for r in rows])
+    search = latency_summary([r["timings_ms"]["search"] for r in rows])
+    metrics: dict[str, float] = {
+        **{k: round(float(v), 6) for k, v in quality.items()},
+        **{f"latency_ms_{k}": round(float(v), 3) for k, v in latency.items()},
+        **{f"encode_ms_{k}": round(float(v), 3) for k, v in encode.items() if k in ("p50", "p95")},
+        **{f"search_ms_{k}": round(float(v), 3) for k, v in search.items() if k in ("p50", "p95")},
+        "n_queries": len(rows),
+        "index_size": len(engine.artifact.ids),
+    }
+    METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+    out = settings.evaluate.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps({"judgments": judgment_info, "queries": rows}, indent=1))
+    sample = list(settings.evaluate.sample_queries) + [q.query for q in queries[:3]]
+    grid = results_grid(engine, sample, settings.dataset.data_dir / "images", out / "results_grid.png")
+    reference = encoder.encode_text([q.query for q in queries]).astype(np.float32)
+    np.save(out / "reference_queries.npy", reference)
+
+    with registry_errors(settings.registry, "log the evaluation run"):
+        import mlflow
+
+        client_for(settings.registry)
+        mlflow.set_experiment(settings.registry.experiment)
+        with mlflow.start_run(run_name=f"evaluate-{engine.index_version}") as run:
+            mlflow.log_params(flatten_params(settings.model_dump(mode="json", exclude={"rerank", "service"})))
+            mlflow.log_params({"index.version": engine.index_version, **flatten_params(judgment_info, "judgments.")})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            mlflow.log_artifact(str(grid))
+            mlflow.log_artifact(str(out / "evaluation.json"))
+            mlflow.log_artifact(str(METRICS_FILE))
+            mlflow.set_tags({"index_version": engine.index_version, "model": engine.artifact.manifest.model.describe()})
+            run_id = run.info.run_id
+    (out / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "index_version": engine.index_version}) + "\n")
+
+    seconds = time.perf_counter() - started
+    print(
+        f"evaluated {len(rows)} queries in {seconds:.1f}s: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in quality.items())
+        + f", latency p50={latency['p50']:.2f} ms p95={latency['p95']:.2f} ms; MLflow run {run_id}"
+    )
+    if any(math.isnan(float(v)) for v in quality.values()):
+        log.warning("some metrics are NaN: check the judged query set")
+
+
+if __name__ == "__main__":
+    run_cli(main)
