@@ -1,0 +1,533 @@
+"""The index artifact: a directory of vectors, ids, metadata and a manifest that vouches for them.
+
+It is the unit the pipeline builds, MLflow registers and the service pulls, so it must be impossible to
+serve one that is half-written, corrupted or built by another model:
+
+- `write_artifact` writes into a temporary sibling directory, fsyncs every file, then renames it into
+  place (replacing an older artifact only after the new one is complete);
+- `load_artifact` reads each file once, checks its sha256 against the manifest, checks the arrays against
+  the manifest (count, dim, finite, unit norm, unique ids, metadata aligned with ids) and, when given, that
+  the serving encoder's `ModelIdentity` is exactly the one that produced the vectors.
+
+Layout (see docs/ARCHITECTURE.md): vectors.npy, ids.npy, metadata.parquet, optional faiss.index,
+optional reference_queries.npy (evaluation query embeddings, the drift reference), manifest.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from clipsearch.errors import ArtifactError
+from clipsearch.identity import ModelIdentity
+from clipsearch.index.search import FaissIndex, VectorIndex, build_index, load_index
+from clipsearch.settings import IndexSettings
+from clipsearch.types import Candidate
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VECTORS = "vectors.npy"
+IDS = "ids.npy"
+METADATA = "metadata.parquet"
+FAISS_INDEX = "faiss.index"
+REFERENCE_QUERIES = "reference_queries.npy"
+REQUIRED_FILES = (VECTORS, IDS, METADATA)
+METADATA_COLUMNS = ("photo_id", "image_url", "description", "photographer", "width", "height", "blur_hash")
+
+# |norm - 1| allowed per stored dtype: float16 keeps ~3 decimal digits, so a unit vector reads back as 1 ± 1e-3.
+NORM_TOLERANCE = {"float16": 5e-3, "float32": 1e-4}
+# Inputs to write_artifact may be a little off unit norm (an encoder in fp16); they are re-normalised.
+INPUT_NORM_TOLERANCE = 1e-2
+REBUILD_HINT = "rebuild it with `dvc repro build_index`"
+
+
+class IndexSpec(BaseModel):
+    """Which search structure the artifact carries and the parameters it was built with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["exact", "hnsw", "ivf"]
+    params: dict[str, int | float | str] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    """manifest.json: what the artifact contains, which model made it, and the sha256 of every file."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    format_version: int
+    model: ModelIdentity
+    dim: int = Field(ge=1)
+    count: int = Field(ge=0)
+    metric: Literal["cosine"] = "cosine"
+    index: IndexSpec
+    dataset_version: str
+    files: dict[str, str]
+    created_at: datetime
+
+    @property
+    def version(self) -> str:
+        """A short content hash: equal for two artifacts with the same files, model and index (not the time)."""
+        payload = self.model_dump(mode="json", exclude={"created_at"})
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+
+@dataclass(frozen=True)
+class _RowMeta:
+    """Metadata columns as plain Python lists, so building candidates is list indexing, not pandas."""
+
+    photo_id: list[str]
+    image_url: list[str]
+    description: list[str | None]
+    photographer: list[str | None]
+    width: list[int | None]
+    height: list[int | None]
+    blur_hash: list[str | None]
+
+
+@dataclass
+class IndexArtifact:
+    """A loaded, verified artifact: arrays, metadata and a ready-to-search index."""
+
+    path: Path
+    manifest: Manifest
+    vectors: np.ndarray
+    ids: np.ndarray
+    metadata: pd.DataFrame
+    index: VectorIndex
+    reference_queries: np.ndarray | None = None
+    _rows: _RowMeta = field(init=False, repr=False)
+    _row_of: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = _row_meta(self.metadata)
+        self._row_of = {photo_id: row for row, photo_id in enumerate(self._rows.photo_id)}
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def model(self) -> ModelIdentity:
+        return self.manifest.model
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def row_of(self, photo_id: str) -> int:
+        """The row of `photo_id` in vectors/ids/metadata; KeyError when the photo is not indexed."""
+        try:
+            return self._row_of[photo_id]
+        except KeyError:
+            raise KeyError(f"photo {photo_id!r} is not in index {self.version}") from None
+
+    def vector_of(self, photo_id: str) -> npt.NDArray[np.float32]:
+        """The stored embedding of one photo as float32 (for "more like this" queries)."""
+        return np.asarray(self.vectors[self.row_of(photo_id)], dtype=np.float32)
+
+    def candidates_for(self, rows: npt.ArrayLike, scores: npt.ArrayLike) -> list[Candidate]:
+        """Index rows + scores (one query, best first) -> `Candidate`s with metadata; rank is 1-based.
+
+        Negative rows (FAISS's "no result" slots) are dropped.
+        """
+        meta = self._rows
+        out: list[Candidate] = []
+        for row, score in zip(np.asarray(rows).tolist(), np.asarray(scores).tolist(), strict=True):
+            if row < 0:
+                continue
+            out.append(
+                Candidate(
+                    photo_id=meta.photo_id[row],
+                    score=float(score),
+                    rank=len(out) + 1,
+                    image_url=meta.image_url[row],
+                    description=meta.description[row],
+                    photographer=meta.photographer[row],
+                    width=meta.width[row],
+                    height=meta.height[row],
+                    blur_hash=meta.blur_hash[row],
+                )
+            )
+        return out
+
+    def search(self, queries: npt.ArrayLike, k: int) -> list[list[Candidate]]:
+        """Top-k candidates for each query vector (rows of `queries`)."""
+        scores, rows = self.index.search(queries, k)
+        return [self.candidates_for(r, s) for r, s in zip(rows, scores, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def write_artifact(
+    out_dir: Path | str,
+    vectors: npt.ArrayLike,
+    ids: Sequence[str] | npt.ArrayLike,
+    metadata: pd.DataFrame,
+    model: ModelIdentity,
+    index_settings: IndexSettings,
+    dataset_version: str,
+    *,
+    index: VectorIndex | None = None,
+    reference_queries: npt.ArrayLike | None = None,
+) -> Manifest:
+    """Write a complete artifact at `out_dir` atomically and return its manifest.
+
+    `vectors` (n, dim) must be finite and L2-normalised (within 1e-2; they are re-normalised before the
+    cast to `index_settings.dtype`). `metadata` needs the METADATA_COLUMNS, one row per id in the same order.
+    The search structure is built from the stored (possibly float16) vectors per `index_settings`, unless a
+    prebuilt `index` over exactly those vectors is passed.
+    """
+    out_dir = Path(out_dir)
+    stored, id_array, meta = _validate_inputs(vectors, ids, metadata, model, index_settings)
+    if index is None:
+        index = build_index(stored.astype(np.float32), index_settings)
+    if len(index) != len(id_array):
+        raise ArtifactError(f"the index holds {len(index)} vectors but {len(id_array)} ids were given")
+
+    arrays: dict[str, bytes] = {VECTORS: _npy_bytes(stored), IDS: _npy_bytes(id_array), METADATA: _parquet_bytes(meta)}
+    if isinstance(index, FaissIndex):
+        arrays[FAISS_INDEX] = index.to_bytes()
+    if reference_queries is not None:
+        arrays[REFERENCE_QUERIES] = _npy_bytes(_validate_reference(reference_queries, model.dim))
+
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        model=model,
+        dim=model.dim,
+        count=len(id_array),
+        index=IndexSpec(kind=index_settings.kind, params=dict(index.params)),
+        dataset_version=dataset_version,
+        files={name: _sha256(data) for name, data in sorted(arrays.items())},
+        created_at=datetime.now(UTC).replace(microsecond=0),
+    )
+    _publish(out_dir, {**arrays, MANIFEST: _manifest_bytes(manifest)})
+    logger.info("wrote index artifact %s (%d vectors, %s) to %s", manifest.version, manifest.count, index.kind, out_dir)
+    return manifest
+
+
+def with_reference_queries(path: Path | str, embeddings: npt.ArrayLike) -> Manifest:
+    """Add (or replace) reference_queries.npy in an existing artifact, atomically, and return the new manifest.
+
+    The artifact is verified first; the result is a new directory swapped into place like `write_artifact`.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    blobs = _read_verified_files(path, manifest)
+    blobs[REFERENCE_QUERIES] = _npy_bytes(_validate_reference(embeddings, manifest.dim))
+    new_manifest = manifest.model_copy(update={"files": {name: _sha256(data) for name, data in sorted(blobs.items())}})
+    _publish(path, {**blobs, MANIFEST: _manifest_bytes(new_manifest)})
+    return new_manifest
+
+
+def _validate_inputs(
+    vectors: npt.ArrayLike,
+    ids: Sequence[str] | npt.ArrayLike,
+    metadata: pd.DataFrame,
+    model: ModelIdentity,
+    settings: IndexSettings,
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != model.dim:
+        raise ArtifactError(f"vectors must have shape (n, {model.dim}) for {model.describe()}; got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ArtifactError("vectors contain NaN or infinity; re-run the embed stage (`dvc repro embed`)")
+    norms = np.linalg.norm(x, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > INPUT_NORM_TOLERANCE)
+    if bad.size:
+        raise ArtifactError(
+            f"{bad.size} vectors are not L2-normalised (e.g. row {bad[0]} has norm {norms[bad[0]]:.4f}); "
+            "the embed stage must normalise its outputs"
+        )
+    stored = (x / norms[:, None]).astype(settings.dtype)
+
+    if x.shape[0] == 0:
+        raise ArtifactError("no vectors to index; the embed stage produced nothing (check data/features)")
+    id_array = np.asarray(ids).astype(str)
+    if id_array.shape != (x.shape[0],):
+        raise ArtifactError(f"{id_array.shape[0]} ids for {x.shape[0]} vectors; they must match one to one")
+    _check_unique(id_array, "ids")
+
+    missing = [c for c in METADATA_COLUMNS if c not in metadata.columns]
+    if missing:
+        raise ArtifactError(f"metadata lacks columns {missing}; expected {list(METADATA_COLUMNS)}")
+    meta = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
+    if meta["photo_id"].astype(str).tolist() != id_array.tolist():
+        raise ArtifactError("metadata rows must be in the same order as the ids (row i describes ids[i])")
+    meta["photo_id"] = meta["photo_id"].astype(str)
+    for column in ("width", "height"):
+        meta[column] = pd.to_numeric(meta[column], errors="coerce").astype("Int64")
+    return stored, id_array, meta
+
+
+def _validate_reference(embeddings: npt.ArrayLike, dim: int) -> np.ndarray:
+    ref = np.asarray(embeddings, dtype=np.float32)
+    if ref.ndim != 2 or ref.shape[1] != dim or not np.isfinite(ref).all():
+        raise ArtifactError(f"reference query embeddings must be finite with shape (n, {dim}); got {ref.shape}")
+    return ref
+
+
+def _publish(out_dir: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` into a temp sibling of `out_dir`, fsync, then swap it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            with (tmp / name).open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        with _swapped_out(out_dir, old):
+            tmp.rename(out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _swapped_out(out_dir: Path, old: Path) -> Iterator[None]:
+    """Move an existing `out_dir` aside for the duration of the block; put it back if the block fails."""
+    had_old = out_dir.exists() or out_dir.is_symlink()
+    if had_old:
+        out_dir.rename(old)
+    try:
+        yield
+    except BaseException:
+        if had_old and not out_dir.exists():
+            old.rename(out_dir)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def _manifest_bytes(manifest: Manifest) -> bytes:
+    return (json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_manifest(path: Path | str) -> Manifest:
+    """Parse and check manifest.json alone (cheap: no arrays are read)."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{manifest_path} does not exist: {Path(path)} is not an index artifact; {REBUILD_HINT}")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}); {REBUILD_HINT}") from exc
+    found = raw.get("format_version") if isinstance(raw, dict) else None
+    if found != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path} has format_version {found!r} but this clipsearch reads format {FORMAT_VERSION}; "
+            f"{REBUILD_HINT} with this version, or serve it with the clipsearch version that wrote it"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ArtifactError(f"{manifest_path} is malformed: {exc}; {REBUILD_HINT}") from exc
+
+
+def load_artifact(path: Path | str, expected_model: ModelIdentity | None = None, verify: bool = True) -> IndexArtifact:
+    """Load an artifact and refuse it if anything is off (see module docstring).
+
+    `verify=False` skips the checksum and norm checks (for trusted local reloads); shapes, ids and the
+    model identity are always checked.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    if expected_model is not None and manifest.model != expected_model:
+        raise ArtifactError(
+            f"the index at {path} was built with {manifest.model.describe()} but the encoder is "
+            f"{expected_model.describe()}; serve it with the matching model, or rebuild the index with this "
+            "model (`dvc repro build_index` after `dvc repro embed`)"
+        )
+    blobs = _read_verified_files(path, manifest) if verify else _read_files(path, manifest)
+
+    vectors = _load_npy(blobs[VECTORS], VECTORS, path)
+    ids = _load_npy(blobs[IDS], IDS, path)
+    metadata = _load_parquet(blobs[METADATA], path)
+    reference = _load_npy(blobs[REFERENCE_QUERIES], REFERENCE_QUERIES, path) if REFERENCE_QUERIES in blobs else None
+    _check_arrays(path, manifest, vectors, ids, metadata, reference, verify=verify)
+
+    index = load_index(manifest.index.kind, dict(manifest.index.params), vectors, blobs.get(FAISS_INDEX))
+    if len(index) != manifest.count:
+        raise ArtifactError(
+            f"{path / FAISS_INDEX} holds {len(index)} vectors but the manifest says {manifest.count}; {REBUILD_HINT}"
+        )
+    return IndexArtifact(
+        path=path,
+        manifest=manifest,
+        vectors=vectors,
+        ids=ids,
+        metadata=metadata,
+        index=index,
+        reference_queries=reference,
+    )
+
+
+def _read_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
+    for name in REQUIRED_FILES:
+        if name not in manifest.files:
+            raise ArtifactError(f"{path / MANIFEST} does not list {name}; {REBUILD_HINT}")
+    if manifest.index.kind != "exact" and FAISS_INDEX not in manifest.files:
+        raise ArtifactError(f"{path / MANIFEST} names a {manifest.index.kind} index but lists no {FAISS_INDEX}")
+    blobs: dict[str, bytes] = {}
+    for name in manifest.files:
+        if Path(name).name != name or name == MANIFEST:
+            raise ArtifactError(f"{path / MANIFEST} lists an invalid file name {name!r}; {REBUILD_HINT}")
+        file = path / name
+        try:
+            blobs[name] = file.read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{file} is missing (the manifest lists it); the artifact is incomplete, {REBUILD_HINT}"
+            ) from None
+    return blobs
+
+
+def _read_verified_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
+    """Read every listed file once and check it against its manifest sha256 (no re-read between check and use)."""
+    blobs = _read_files(path, manifest)
+    for name, data in blobs.items():
+        actual = _sha256(data)
+        if actual != manifest.files[name]:
+            raise ArtifactError(
+                f"{path / name} is corrupt: sha256 {actual[:16]}… does not match the manifest's "
+                f"{manifest.files[name][:16]}…; re-pull it from the registry or {REBUILD_HINT}"
+            )
+    return blobs
+
+
+def _load_npy(data: bytes, name: str, path: Path) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ArtifactError(f"{path / name} is not a readable .npy file ({exc}); {REBUILD_HINT}") from exc
+
+
+def _load_parquet(data: bytes, path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
+        raise ArtifactError(f"{path / METADATA} is not a readable parquet file ({exc}); {REBUILD_HINT}") from exc
+    missing = [c for c in METADATA_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{path / METADATA} lacks columns {missing}; {REBUILD_HINT}")
+    return frame
+
+
+def _check_arrays(
+    path: Path,
+    manifest: Manifest,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    metadata: pd.DataFrame,
+    reference: np.ndarray | None,
+    *,
+    verify: bool,
+) -> None:
+    expected = (manifest.count, manifest.dim)
+    if vectors.shape != expected:
+        raise ArtifactError(f"{path / VECTORS} has shape {vectors.shape}, manifest says {expected}; {REBUILD_HINT}")
+    if vectors.dtype.name not in NORM_TOLERANCE:
+        raise ArtifactError(f"{path / VECTORS} has dtype {vectors.dtype}; expected float16 or float32")
+    if manifest.dim != manifest.model.dim:
+        raise ArtifactError(f"{path / MANIFEST}: dim {manifest.dim} differs from the model's {manifest.model.dim}")
+    if ids.shape != (manifest.count,) or ids.dtype.kind != "U":
+        raise ArtifactError(
+            f"{path / IDS} must hold {manifest.count} unicode ids; found shape {ids.shape} dtype {ids.dtype}"
+        )
+    _check_unique(ids, str(path / IDS))
+    if len(metadata) != manifest.count or metadata["photo_id"].astype(str).tolist() != ids.tolist():
+        raise ArtifactError(f"{path / METADATA} rows do not line up with {IDS}; {REBUILD_HINT}")
+    if reference is not None and (reference.ndim != 2 or reference.shape[1] != manifest.dim):
+        raise ArtifactError(f"{path / REFERENCE_QUERIES} has shape {reference.shape}; expected (n, {manifest.dim})")
+    if verify and manifest.count:
+        if not np.isfinite(vectors).all():
+            raise ArtifactError(f"{path / VECTORS} contains NaN or infinity; {REBUILD_HINT}")
+        # einsum accumulates in float32 without materialising a float32 copy of a float16 matrix.
+        deviation = np.abs(np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float32)) - 1.0)
+        worst = int(np.argmax(deviation))
+        if deviation[worst] > NORM_TOLERANCE[vectors.dtype.name]:
+            raise ArtifactError(
+                f"{path / VECTORS} row {worst} has norm {1.0 + float(deviation[worst]):.5f}, not 1 "
+                f"(tolerance {NORM_TOLERANCE[vectors.dtype.name]}); {REBUILD_HINT}"
+            )
+
+
+def _check_unique(ids: np.ndarray, what: str) -> None:
+    unique, counts = np.unique(ids, return_counts=True)
+    if unique.size != ids.size:
+        dupes = unique[counts > 1][:3].tolist()
+        raise ArtifactError(f"{what} contains duplicate photo ids (e.g. {dupes}); each photo must appear once")
+
+
+def _row_meta(metadata: pd.DataFrame) -> _RowMeta:
+    def strings(column: str) -> list[str | None]:
+        return [None if _missing(v) else str(v) for v in metadata[column].tolist()]
+
+    def ints(column: str) -> list[int | None]:
+        return [None if _missing(v) else int(v) for v in metadata[column].tolist()]
+
+    return _RowMeta(
+        photo_id=[str(v) for v in metadata["photo_id"].tolist()],
+        image_url=["" if _missing(v) else str(v) for v in metadata["image_url"].tolist()],
+        description=strings("description"),
+        photographer=strings("photographer"),
+        width=ints("width"),
+        height=ints("height"),
+        blur_hash=strings("blur_hash"),
+    )
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

@@ -1,0 +1,288 @@
+"""Nearest-neighbour search over L2-normalised vectors: exact (numpy) and approximate (FAISS HNSW / IVF).
+
+All indexes rank by inner product, which equals cosine similarity because every stored vector and every
+query is L2-normalised. Exact search is the default and the reference: one matrix-vector product over a
+million 512-d vectors is a few tens of milliseconds, so approximate structures only pay off beyond that,
+and their recall is always measured against `ExactIndex` (see the unit tests and `benchmarks/`).
+
+Every index answers `search(queries, k) -> (scores, rows)` with `k` clamped to the number of stored
+vectors. FAISS may leave a slot unfilled (row -1) when its graph or probed lists hold fewer than `k`
+vectors; callers drop negative rows (`IndexArtifact.candidates_for` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.errors import ArtifactError, ConfigError
+from clipsearch.settings import IndexSettings
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+RowArray = npt.NDArray[np.int64]
+IndexParams = dict[str, int | float | str]
+
+# FAISS k-means wants at least this many training points per centroid; fewer gives poor clusters and a warning.
+MIN_POINTS_PER_CENTROID = 39
+# ... and uses at most this many (it subsamples beyond), so training on more only costs time.
+MAX_POINTS_PER_CENTROID = 256
+PQ_BITS = 8
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """What the search engine needs from an index: top-k rows by cosine similarity."""
+
+    @property
+    def kind(self) -> str:
+        """exact, hnsw or ivf (as recorded in the manifest)."""
+        ...
+
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[FloatArray, RowArray]:
+        """Scores (n, k') float32 best first and row numbers (n, k') int64, with k' = min(k, len(self))."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def params(self) -> IndexParams:
+        """The parameters recorded in the artifact manifest (enough to rebuild or re-tune the index)."""
+        ...
+
+
+def as_query_matrix(queries: npt.ArrayLike, dim: int) -> FloatArray:
+    """Queries as a C-contiguous float32 (n, dim) matrix; a single 1-D vector becomes one row."""
+    matrix = np.asarray(queries, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise ValueError(f"queries must have shape (n, {dim}); got {np.shape(queries)}")
+    return np.ascontiguousarray(matrix)
+
+
+class ExactIndex:
+    """Brute-force inner product over all vectors, held as contiguous float32 for BLAS speed.
+
+    Vectors may be stored as float16 on disk (half the size); they are widened once here because float16
+    matrix products in numpy are emulated and many times slower than float32 BLAS.
+    """
+
+    kind = "exact"
+
+    def __init__(self, vectors: npt.ArrayLike) -> None:
+        matrix = np.asarray(vectors)
+        if matrix.ndim != 2:
+            raise ValueError(f"vectors must be 2-D (n, dim); got shape {matrix.shape}")
+        self._vectors: FloatArray = np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return int(self._vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._vectors.shape[1])
+
+    @property
+    def params(self) -> IndexParams:
+        return {}
+
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[FloatArray, RowArray]:
+        q = as_query_matrix(queries, self.dim)
+        n_items = len(self)
+        k_eff = max(0, min(int(k), n_items))
+        if k_eff == 0:
+            return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
+        scores = q @ self._vectors.T  # (n, N)
+        if k_eff < n_items:
+            top = np.argpartition(scores, n_items - k_eff, axis=1)[:, n_items - k_eff :]
+        else:
+            top = np.broadcast_to(np.arange(n_items), scores.shape)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        # Sort by score descending, equal scores by row ascending: the same input always gives the same order.
+        order = np.lexsort((top, -top_scores), axis=1)
+        rows = np.take_along_axis(top, order, axis=1).astype(np.int64, copy=False)
+        return np.take_along_axis(top_scores, order, axis=1).astype(np.float32, copy=False), rows
+
+
+class FaissIndex:
+    """Shared behaviour of the FAISS-backed indexes: search, trim to k, (de)serialise."""
+
+    kind: str
+
+    def __init__(self, index: Any, params: IndexParams) -> None:
+        self._index = index
+        self._params = dict(params)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def params(self) -> IndexParams:
+        return dict(self._params)
+
+    def search(self, queries: npt.ArrayLike, k: int) -> tuple[FloatArray, RowArray]:
+        q = as_query_matrix(queries, self.dim)
+        k_eff = max(0, min(int(k), len(self)))
+        if k_eff == 0:
+            return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
+        scores, rows = self._index.search(q, k_eff)
+        return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
+
+    def to_bytes(self) -> bytes:
+        """The index in FAISS's own binary format (what `faiss.write_index` writes)."""
+        import faiss
+
+        return bytes(faiss.serialize_index(self._index))
+
+
+def _faiss() -> Any:
+    """Import FAISS on first use, so exact-only deployments never pay for (or need) it."""
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a pinned dependency
+        raise ConfigError(
+            "index.kind needs FAISS but `faiss` cannot be imported; install faiss-cpu (pinned in pyproject.toml) "
+            "or set index.kind: exact"
+        ) from exc
+    return faiss
+
+
+class FaissHnswIndex(FaissIndex):
+    """HNSW graph (IndexHNSWFlat, inner product): high recall, no training, memory ~ (d*4 + 2*M*4) per vector."""
+
+    kind = "hnsw"
+
+    @classmethod
+    def build(cls, vectors: npt.ArrayLike, *, m: int, ef_construction: int, ef_search: int) -> FaissHnswIndex:
+        faiss = _faiss()
+        x = _as_build_matrix(vectors)
+        index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+        index.add(x)
+        return cls(index, {"m": m, "ef_construction": ef_construction, "ef_search": ef_search})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: IndexParams) -> FaissHnswIndex:
+        index = _deserialize(data)
+        index.hnsw.efSearch = int(params.get("ef_search", index.hnsw.efSearch))
+        return cls(index, params)
+
+
+class FaissIvfIndex(FaissIndex):
+    """Inverted lists over k-means cells (IVF-Flat, or IVF-PQ when `pq_m` > 0 for ~16-64x less memory)."""
+
+    kind = "ivf"
+
+    @classmethod
+    def build(cls, vectors: npt.ArrayLike, *, nlist: int, nprobe: int, pq_m: int = 0, seed: int = 0) -> FaissIvfIndex:
+        faiss = _faiss()
+        x = _as_build_matrix(vectors)
+        n, dim = x.shape
+        nlist_eff = clamp_nlist(nlist, n)
+        if pq_m and dim % pq_m:
+            raise ConfigError(
+                f"index.ivf_pq_m={pq_m} must divide the vector dimension {dim}; pick a divisor such as "
+                f"{', '.join(str(m) for m in (8, 16, 32, 64) if dim % m == 0) or 'a divisor of ' + str(dim)}"
+            )
+        quantizer = faiss.IndexFlatIP(dim)
+        nbits = PQ_BITS
+        if pq_m:
+            # A sub-quantizer needs at least 2**nbits training points; a tiny corpus gets fewer bits.
+            nbits = max(1, min(PQ_BITS, int(math.log2(max(n, 2)))))
+            if nbits < PQ_BITS:
+                logger.warning("IVF-PQ: %d vectors are too few for %d-bit codes; using %d bits", n, PQ_BITS, nbits)
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist_eff, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist_eff, faiss.METRIC_INNER_PRODUCT)
+        n_train = min(n, nlist_eff * MAX_POINTS_PER_CENTROID)
+        if pq_m:
+            n_train = max(n_train, min(n, 2**nbits * MAX_POINTS_PER_CENTROID))
+        sample = np.random.default_rng(seed).choice(n, size=n_train, replace=False) if n_train < n else None
+        index.train(x if sample is None else x[np.sort(sample)])
+        index.add(x)
+        nprobe_eff = min(nprobe, nlist_eff)
+        index.nprobe = nprobe_eff
+        params: IndexParams = {"nlist": nlist_eff, "nprobe": nprobe_eff, "pq_m": pq_m}
+        if pq_m:
+            params["pq_nbits"] = nbits
+        return cls(index, params)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, params: IndexParams) -> FaissIvfIndex:
+        index = _deserialize(data)
+        index.nprobe = int(params.get("nprobe", index.nprobe))
+        return cls(index, params)
+
+
+def clamp_nlist(nlist: int, n_vectors: int) -> int:
+    """The number of IVF cells actually used: at most n / 39 so k-means has enough points per cell."""
+    limit = max(1, n_vectors // MIN_POINTS_PER_CENTROID)
+    if nlist > limit:
+        logger.warning(
+            "index.ivf_nlist=%d is too many cells for %d vectors; using %d (>= %d vectors per cell)",
+            nlist,
+            n_vectors,
+            limit,
+            MIN_POINTS_PER_CENTROID,
+        )
+        return limit
+    return nlist
+
+
+def _as_build_matrix(vectors: npt.ArrayLike) -> FloatArray:
+    x = np.ascontiguousarray(np.asarray(vectors), dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"cannot build a FAISS index from vectors of shape {x.shape}")
+    return x
+
+
+def _deserialize(data: bytes) -> Any:
+    faiss = _faiss()
+    try:
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise ArtifactError(
+            f"faiss.index could not be read by FAISS {faiss.__version__} ({exc}); "
+            "rebuild the artifact with `dvc repro build_index`"
+        ) from exc
+
+
+def build_index(vectors: npt.ArrayLike, settings: IndexSettings) -> VectorIndex:
+    """The index `settings.kind` asks for, built over `vectors` (row i of the result = vector i)."""
+    if settings.kind == "exact":
+        return ExactIndex(vectors)
+    if settings.kind == "hnsw":
+        return FaissHnswIndex.build(
+            vectors, m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction, ef_search=settings.hnsw_ef_search
+        )
+    if settings.kind == "ivf":
+        return FaissIvfIndex.build(
+            vectors, nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe, pq_m=settings.ivf_pq_m
+        )
+    raise ConfigError(f"unknown index.kind {settings.kind!r}; use exact, hnsw or ivf")
+
+
+def load_index(kind: str, params: IndexParams, vectors: npt.ArrayLike, faiss_bytes: bytes | None) -> VectorIndex:
+    """Rebuild a searchable index from an artifact: exact from the vectors, FAISS kinds from their bytes."""
+    if kind == "exact":
+        return ExactIndex(vectors)
+    if kind not in ("hnsw", "ivf"):
+        raise ArtifactError(f"manifest names index kind {kind!r}, which this version cannot serve (exact, hnsw, ivf)")
+    if faiss_bytes is None:
+        raise ArtifactError(
+            f"the manifest says the index is {kind} but faiss.index is missing; rebuild with `dvc repro build_index`"
+        )
+    if kind == "hnsw":
+        return FaissHnswIndex.from_bytes(faiss_bytes, params)
+    return FaissIvfIndex.from_bytes(faiss_bytes, params)
