@@ -51,9 +51,8 @@ class SearchEngine:
 
     def encode_query(self, query: str) -> QueryVector:
         """Encode one query (EOT-truncated text path); report whether it exceeded CLIP's context."""
-        _, truncated = self.encoder.tokenize([query])
-        vector = self.encoder.encode_text([query])[0]
-        return QueryVector(vector=vector, truncated=truncated[0])
+        vectors, truncated = self.encoder.encode_text_with_flags([query])
+        return QueryVector(vector=vectors[0], truncated=truncated[0])
 
     def search(self, query: str, k: int = 4, candidates: int = 10, rerank: bool = True) -> SearchResult:
         """Answer one query: the best `k` of the index's top `candidates`, re-ranked when asked and possible."""

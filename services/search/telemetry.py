@@ -1,0 +1,114 @@
+"""Prometheus metrics and structured JSON logs for the search service.
+
+Metric names are a contract with `k8s/` (alerts, dashboard); change them there too. Every search stage is
+timed with a histogram (the clip-retrieval idea), re-rank outcomes are counted by reason, Gemini usage is
+counted in tokens and dollars. Logs are one JSON object per line with the request id; secrets never appear
+because nothing logs settings or headers wholesale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+RERANK_OUTCOMES = ("applied", "timeout", "quota", "overloaded", "blocked", "invalid_output", "breaker_open", "disabled", "not_requested", "error")
+
+
+class Metrics:
+    """All service metrics on one registry (a fresh registry per app keeps tests independent)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("clipsearch_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
+        self.request_latency = Histogram(
+            "clipsearch_request_latency_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.stage_latency = Histogram(
+            "clipsearch_stage_latency_seconds", "Search latency per stage (encode, search, rerank, total).", ["stage"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.rerank_outcomes = Counter("clipsearch_rerank_outcomes", "Re-rank outcomes by reason.", ["outcome"], registry=r)
+        self.gemini_tokens = Counter("clipsearch_gemini_tokens", "Gemini tokens by kind.", ["kind"], registry=r)
+        self.gemini_cost = Counter("clipsearch_gemini_cost_usd", "Estimated Gemini spend in USD.", registry=r)
+        self.gemini_requests = Counter("clipsearch_gemini_requests", "HTTP calls made to Gemini (retries included).", registry=r)
+        self.gemini_quota_rpm = Gauge("clipsearch_gemini_quota_requests_per_minute", "Configured Gemini RPM quota.", registry=r)
+        self.index_info = Gauge("clipsearch_index_info", "The index version being served (value 1).", ["version", "registry_version"], registry=r)
+        self.index_size = Gauge("clipsearch_index_size", "Vectors in the served index.", registry=r)
+        self.index_stale = Gauge("clipsearch_index_stale", "1 when a cached index is served because the registry is unreachable.", registry=r)
+        self.index_swaps = Counter("clipsearch_index_swaps", "Index versions loaded and swapped in.", registry=r)
+        self.index_refusals = Counter("clipsearch_index_refusals", "Index versions refused (verification or model mismatch).", registry=r)
+        self.drift_score = Gauge("clipsearch_drift_score", "Latest embedding drift score of recent queries vs the reference.", registry=r)
+        self.drift_detected = Gauge("clipsearch_drift_detected", "1 when the latest drift check detected drift.", registry=r)
+        self.top1_similarity = Histogram(
+            "clipsearch_top1_similarity", "Cosine similarity of each query's best result.",
+            buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0), registry=r,
+        )
+        for outcome in RERANK_OUTCOMES:
+            self.rerank_outcomes.labels(outcome=outcome)
+        for kind in ("prompt", "output"):
+            self.gemini_tokens.labels(kind=kind)
+
+    def observe_search(self, timings_ms: Mapping[str, float], outcome: str, usage: Mapping[str, float], top1: float | None) -> None:
+        for stage, ms in timings_ms.items():
+            self.stage_latency.labels(stage=stage).observe(ms / 1000.0)
+        self.rerank_outcomes.labels(outcome=outcome).inc()
+        if usage and not usage.get("cached"):
+            self.gemini_tokens.labels(kind="prompt").inc(usage.get("prompt_tokens", 0.0))
+            self.gemini_tokens.labels(kind="output").inc(usage.get("output_tokens", 0.0))
+            self.gemini_cost.inc(usage.get("cost_usd", 0.0))
+            self.gemini_requests.inc(usage.get("attempts", 0.0))
+        if top1 is not None:
+            self.top1_similarity.observe(top1)
+
+    def set_index(self, version: str, registry_version: str | None, size: int, stale: bool) -> None:
+        self.index_info.clear()
+        self.index_info.labels(version=version, registry_version=registry_version or "local").set(1)
+        self.index_size.set(size)
+        self.index_stale.set(1 if stale else 0)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and any `extra` fields."""
+
+    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = request_id_var.get()
+        if rid:
+            payload["request_id"] = rid
+        for key, value in record.__dict__.items():
+            if key not in self._skip and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def configure_json_logging(level: int = logging.INFO) -> None:
+    """Route the root logger (and uvicorn's) through the JSON formatter on stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # the service logs each request itself, with its id
