@@ -1,0 +1,67 @@
+"""Shared pytest fixtures. Add new ones below with a short docstring each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.fixtures.gemini_standin import GeminiStandin
+from tests.fixtures.http_server import FixtureServer
+from tests.fixtures.unsplash_lite import FixtureInfo, build_fixture
+
+
+@dataclass
+class ServedFixture:
+    """The generated Unsplash Lite fixture and the local server that serves it."""
+
+    info: FixtureInfo
+    server: FixtureServer
+
+    @property
+    def zip_url(self) -> str:
+        return self.server.zip_url
+
+
+@pytest.fixture(scope="session")
+def unsplash_fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedFixture]:
+    """A ~300-photo Unsplash Lite fixture (zip + images), built once and served on 127.0.0.1 for the session.
+
+    Tests that set faults must reset them; use `fixture_server`, which does it for you.
+    """
+    root = tmp_path_factory.mktemp("unsplash-lite")
+    with FixtureServer(root) as server:
+        info = build_fixture(root, n_photos=300, seed=0, base_url=server.base_url)
+        yield ServedFixture(info=info, server=server)
+
+
+@pytest.fixture
+def fixture_server(unsplash_fixture_server: ServedFixture) -> Iterator[ServedFixture]:
+    """The session's fixture server with no faults and zeroed request counters, reset again afterwards."""
+    unsplash_fixture_server.server.reset()
+    yield unsplash_fixture_server
+    unsplash_fixture_server.server.reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_settings():
+    """ModelSettings for the test-only `clipsearch-tiny` CLIP with fixed-seed random weights, on CPU in fp32."""
+    from clipsearch.settings import ModelSettings
+
+    return ModelSettings(arch="clipsearch-tiny", pretrained="random", device="cpu", precision="fp32", batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_settings):
+    """A loaded `ClipEncoder` of `clipsearch-tiny` (random weights), shared by the session: load once, read only."""
+    from clipsearch.encoder import ClipEncoder
+
+    return ClipEncoder(tiny_model_settings).load()
+
+
+@pytest.fixture
+def gemini_standin() -> Iterator[GeminiStandin]:
+    """A local Gemini REST stand-in on 127.0.0.1 (see tests/fixtures/gemini_standin.py); script it per test."""
+    with GeminiStandin() as standin:
+        yield standin
