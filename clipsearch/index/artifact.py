@@ -226,7 +226,7 @@ def write_artifact(
     return manifest
 
 
-def with_reference_queries(path: Path | str, embeddings: npt.ArrayLike) -> Manifest:
+def add_reference_queries(path: Path | str, embeddings: npt.ArrayLike) -> Manifest:
     """Add (or replace) reference_queries.npy in an existing artifact, atomically, and return the new manifest.
 
     The artifact is verified first; the result is a new directory swapped into place like `write_artifact`.
@@ -238,6 +238,9 @@ def with_reference_queries(path: Path | str, embeddings: npt.ArrayLike) -> Manif
     new_manifest = manifest.model_copy(update={"files": {name: _sha256(data) for name, data in sorted(blobs.items())}})
     _publish(path, {**blobs, MANIFEST: _manifest_bytes(new_manifest)})
     return new_manifest
+
+
+with_reference_queries = add_reference_queries  # the name in the design notes
 
 
 def _validate_inputs(
