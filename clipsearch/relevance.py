@@ -110,11 +110,11 @@ def _conversion_grades(test: pd.DataFrame, indexed: set[str], min_users: int) ->
     users = frame["anonymous_user_id"].astype("string")
     placeholder = pd.Series([f"\x00row{i}" for i in range(len(frame))], index=frame.index, dtype="string")
     frame = frame.assign(user=users.fillna(placeholder))
-    counts = frame.groupby(["query", "photo_id"], sort=True)["user"].nunique()
+    counts = frame.groupby(["query", "photo_id"], sort=True)["user"].nunique().reset_index(name="n_users")
+    counts = counts.loc[counts["n_users"] >= min_users]
     grades: dict[str, dict[str, int]] = {}
-    for (query, photo_id), n_users in counts.items():
-        if n_users >= min_users:
-            grades.setdefault(str(query), {})[str(photo_id)] = min(int(n_users), MAX_GRADE)
+    for query, photo_id, n_users in zip(counts["query"], counts["photo_id"], counts["n_users"], strict=True):
+        grades.setdefault(str(query), {})[str(photo_id)] = min(int(n_users), MAX_GRADE)
     return grades
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import pytest
 
@@ -10,7 +12,7 @@ from clipsearch.relevance import MAX_GRADE, build_judgments, normalise_query, te
 from clipsearch.settings import EvaluateSettings
 
 
-def conversions(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
+def conversions(rows: Sequence[tuple[str, str, str, str | None]]) -> pd.DataFrame:
     """rows: (converted_at, keyword, photo_id, anonymous_user_id) -> a typed conversions table."""
     return pd.DataFrame(
         {
@@ -24,7 +26,7 @@ def conversions(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
     )
 
 
-def keywords(rows: list[tuple[str, str, bool | None]]) -> pd.DataFrame:
+def keywords(rows: Sequence[tuple[str, str, bool | None]]) -> pd.DataFrame:
     """rows: (photo_id, keyword, suggested_by_user)."""
     return pd.DataFrame(
         {
