@@ -1,0 +1,267 @@
+"""DVC stage `build_index`: merge the embed stage's feature chunks into one verified index artifact.
+
+Reads `data/features/chunk-<j:06d>.npz` (vectors, ids, model, optional skipped_ids; see docs/ARCHITECTURE.md),
+refuses an incomplete or mixed set (a shard still running, a chunk from another model, a dataset that changed
+under the features), joins photo metadata from `data/lite/photos.parquet`, and writes the artifact to
+`index.output_dir` atomically. Usage: `python -m training.build_index` (settings from params.yaml / env).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from clipsearch.cli_support import configure_logging, run_cli
+from clipsearch.errors import ArtifactError, DataFormatError
+from clipsearch.identity import ModelIdentity
+from clipsearch.images import image_path, is_safe_photo_id
+from clipsearch.index.artifact import Manifest, write_artifact
+from clipsearch.settings import Settings, get_settings
+
+log = logging.getLogger("training.build_index")
+
+CHUNK_NAME = re.compile(r"^chunk-(\d{6})\.npz$")
+EMBED_HINT = "run `dvc repro embed` (or wait for every embed shard to finish) and build again"
+
+
+@dataclass
+class Features:
+    """All chunks merged: row i of `vectors` is the photo `ids[i]`."""
+
+    vectors: np.ndarray
+    ids: list[str]
+    model: ModelIdentity
+    skipped: list[str] = field(default_factory=list)
+    n_chunks: int = 0
+
+
+def expected_photo_ids(photos: pd.DataFrame, images_dir: Path) -> list[str]:
+    """The photo_id-sorted list of photos that have an image on disk: the list chunk j slices."""
+    ids = sorted({str(p) for p in photos["photo_id"].dropna().tolist()})
+    return [p for p in ids if is_safe_photo_id(p) and image_path(images_dir, p).is_file()]
+
+
+def chunk_files(features_dir: Path) -> dict[int, Path]:
+    """chunk index -> path for every `chunk-NNNNNN.npz` (temporary and other files are ignored)."""
+    if not features_dir.is_dir():
+        raise ArtifactError(f"{features_dir} does not exist: no features to index; {EMBED_HINT}")
+    found = {}
+    for path in features_dir.iterdir():
+        match = CHUNK_NAME.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def _read_chunk(path: Path) -> tuple[np.ndarray, list[str], ModelIdentity, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            vectors = np.asarray(npz["vectors"], dtype=np.float32)
+            ids = [str(i) for i in npz["ids"].tolist()]
+            model_json = str(npz["model"].item() if npz["model"].ndim == 0 else npz["model"][0])
+            skipped = [str(i) for i in npz["skipped_ids"].tolist()] if "skipped_ids" in npz.files else []
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ArtifactError(
+            f"{path} is unreadable or lacks vectors/ids/model ({exc}); delete it and {EMBED_HINT}"
+        ) from exc
+    try:
+        model = ModelIdentity.model_validate_json(model_json)
+    except ValidationError as exc:
+        raise ArtifactError(f"{path}: `model` is not a ModelIdentity JSON ({exc}); delete it and {EMBED_HINT}") from exc
+    if vectors.ndim != 2 or vectors.shape != (len(ids), model.dim):
+        raise ArtifactError(
+            f"{path}: vectors have shape {vectors.shape} for {len(ids)} ids of a {model.dim}-d model; "
+            f"delete it and {EMBED_HINT}"
+        )
+    return vectors, ids, model, skipped
+
+
+def load_features(features_dir: Path, expected_ids: list[str], chunk_size: int) -> Features:
+    """Read and merge every chunk, checking it is exactly the expected photos in order, from one model."""
+    if not expected_ids:
+        raise ArtifactError("no photo has an image on disk, so there is nothing to index; run `dvc repro download`")
+    files = chunk_files(features_dir)
+    n_chunks = math.ceil(len(expected_ids) / chunk_size)
+    missing = [j for j in range(n_chunks) if j not in files]
+    if missing:
+        names = ", ".join(f"chunk-{j:06d}.npz" for j in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ArtifactError(
+            f"{features_dir} lacks {len(missing)} of {n_chunks} chunks ({names}) for {len(expected_ids)} photos "
+            f"at chunk_size {chunk_size}; {EMBED_HINT}"
+        )
+    extra = [j for j in files if j >= n_chunks]
+    if extra:
+        raise ArtifactError(
+            f"{features_dir} holds chunks beyond the {n_chunks} that {len(expected_ids)} photos need "
+            f"(e.g. chunk-{extra[0]:06d}.npz): the features are from another dataset or chunk_size; "
+            f"delete {features_dir} and {EMBED_HINT}"
+        )
+
+    parts: list[np.ndarray] = []
+    ids: list[str] = []
+    skipped: list[str] = []
+    model: ModelIdentity | None = None
+    for j in tqdm(range(n_chunks), desc="read features", unit="chunk"):
+        path = files[j]
+        vectors, chunk_ids, chunk_model, chunk_skipped = _read_chunk(path)
+        if model is None:
+            model = chunk_model
+        elif chunk_model != model:
+            raise ArtifactError(
+                f"{path} was embedded with {chunk_model.describe()} but chunk-000000.npz with {model.describe()}; "
+                f"all chunks must come from one model: delete {features_dir} and {EMBED_HINT}"
+            )
+        want = expected_ids[j * chunk_size : (j + 1) * chunk_size]
+        covered = set(chunk_ids) | set(chunk_skipped)
+        if (
+            sorted(covered) != want
+            or len(covered) != len(chunk_ids) + len(chunk_skipped)
+            or chunk_ids != sorted(chunk_ids)
+        ):
+            missing_ids = sorted(set(want) - covered)[:3]
+            unexpected = sorted(covered - set(want))[:3]
+            raise ArtifactError(
+                f"{path} does not cover photos {j * chunk_size}..{j * chunk_size + len(want) - 1} of the "
+                f"photo_id-sorted photos with images (missing e.g. {missing_ids}, unexpected e.g. {unexpected}); "
+                f"the images or photos changed since embedding: delete it and {EMBED_HINT}"
+            )
+        parts.append(vectors)
+        ids.extend(chunk_ids)
+        skipped.extend(chunk_skipped)
+    assert model is not None  # n_chunks >= 1 because expected_ids is not empty
+    return Features(vectors=np.concatenate(parts), ids=ids, model=model, skipped=skipped, n_chunks=n_chunks)
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value: Any) -> int | None:
+    text = _text(value)
+    try:
+        return None if text is None else int(float(text))
+    except ValueError:
+        return None
+
+
+def photo_metadata(photos: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """The artifact's metadata columns for `ids`, in that order, from the Unsplash Lite photos table."""
+    missing = [c for c in ("photo_id", "photo_image_url") if c not in photos.columns]
+    if missing:
+        raise DataFormatError(f"photos.parquet lacks columns {missing}; re-run `dvc repro download`")
+    table = photos.assign(photo_id=photos["photo_id"].astype(str)).drop_duplicates("photo_id").set_index("photo_id")
+    absent = [i for i in ids if i not in table.index]
+    if absent:
+        raise ArtifactError(
+            f"{len(absent)} embedded photos are not in photos.parquet (e.g. {absent[:3]}); {EMBED_HINT}"
+        )
+    rows = table.loc[ids]
+
+    def column(name: str) -> list[Any]:
+        return rows[name].tolist() if name in rows.columns else [None] * len(rows)
+
+    descriptions = [
+        _text(d) or _text(a) for d, a in zip(column("photo_description"), column("ai_description"), strict=True)
+    ]
+    photographers = []
+    for first, last, user in zip(
+        column("photographer_first_name"),
+        column("photographer_last_name"),
+        column("photographer_username"),
+        strict=True,
+    ):
+        full = " ".join(p for p in (_text(first), _text(last)) if p)
+        photographers.append(full or _text(user))
+    return pd.DataFrame(
+        {
+            "photo_id": ids,
+            "image_url": [_text(u) or "" for u in column("photo_image_url")],
+            "description": pd.array(descriptions, dtype="string"),
+            "photographer": pd.array(photographers, dtype="string"),
+            "width": pd.array([_int(w) for w in column("photo_width")], dtype="Int64"),
+            "height": pd.array([_int(h) for h in column("photo_height")], dtype="Int64"),
+            "blur_hash": pd.array([_text(b) for b in column("blur_hash")], dtype="string"),
+        }
+    )
+
+
+def dataset_version(dataset_json: Path) -> str:
+    """`<version>@<zip sha256 prefix>` (plus the photo limit when one was set) from download's dataset.json."""
+    try:
+        record = json.loads(dataset_json.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataFormatError(f"{dataset_json} is missing; run `dvc repro download` first") from exc
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{dataset_json} is not valid JSON ({exc}); run `dvc repro download` again") from exc
+    version = record.get("resolved_version") or record.get("version") or "unknown"
+    sha = str(record.get("zip_sha256") or record.get("sha256") or "")
+    label = f"{version}@{sha[:12]}" if sha else str(version)
+    return f"{label}/limit={record['limit']}" if record.get("limit") else label
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    n_chunks: int
+    n_skipped: int
+
+
+def build(settings: Settings) -> BuildResult:
+    """Run the stage: features + photos -> artifact at `settings.index.output_dir`."""
+    data_dir = settings.dataset.data_dir
+    photos_path = data_dir / "lite" / "photos.parquet"
+    try:
+        photos = pd.read_parquet(photos_path)
+    except FileNotFoundError as exc:
+        raise DataFormatError(f"{photos_path} is missing; run `dvc repro download` first") from exc
+    version = dataset_version(data_dir / "lite" / "dataset.json")
+    expected = expected_photo_ids(photos, data_dir / "images")
+    features = load_features(settings.embed.features_dir, expected, settings.embed.chunk_size)
+    if features.skipped:
+        log.warning(
+            "%d photos were skipped by the embed stage (undecodable images) and are not indexed, e.g. %s",
+            len(features.skipped),
+            features.skipped[:3],
+        )
+    manifest = write_artifact(
+        settings.index.output_dir,
+        features.vectors,
+        features.ids,
+        photo_metadata(photos, features.ids),
+        features.model,
+        settings.index,
+        version,
+    )
+    return BuildResult(manifest=manifest, n_chunks=features.n_chunks, n_skipped=len(features.skipped))
+
+
+def main() -> None:
+    configure_logging()
+    settings = get_settings()
+    started = time.perf_counter()
+    result = build(settings)
+    m = result.manifest
+    print(
+        f"built index {m.version} at {settings.index.output_dir}: {m.count} vectors x {m.dim} "
+        f"({settings.index.dtype}, {m.index.kind} {m.index.params}) from {result.n_chunks} chunks "
+        f"({result.n_skipped} photos skipped), model {m.model.describe()}, dataset {m.dataset_version}, "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
