@@ -1,0 +1,163 @@
+"""A stand-in search service for browser tests of the chat page: the real `/ui` router, a fake `/search`.
+
+`/search` answers with a valid `SearchResponse` (built from the service's own models, so a contract change breaks
+this too) whose image URLs point at PNGs this app draws and serves itself, like the real `/images/{photo_id}`.
+Some text is hostile on purpose (HTML in a description) so tests can prove the page escapes it.
+
+Special queries:
+- `ERROR_QUERY` answers 422 with `{"detail", "request_id"}`, like the real service's validation errors;
+- `DOWN_QUERY` answers 503 `{"detail"}`, like a service with no index loaded yet.
+Every search waits `SEARCH_DELAY_S`, so a test can see the page's in-flight state.
+
+Run it: `uvicorn tests.support.fake_search_app:app --host 127.0.0.1 --port 8765` from the repository root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+from PIL import Image, ImageDraw
+
+from services.search.schemas import RerankInfo, RerankMode, SearchHit, SearchResponse
+from services.search.ui import mount_ui
+
+ERROR_QUERY = "!fail"
+ERROR_DETAIL = "The query is not allowed here: this stand-in rejects '!fail' on purpose. Change the query."
+DOWN_QUERY = "!down"
+DOWN_DETAIL = "No index loaded yet: the registry has no champion version. Try again after the first promotion."
+HOSTILE_DESCRIPTION = 'Neon sign reading <b>OPEN</b> <img src=x onerror="document.body.dataset.pwned=1">'
+INDEX_VERSION = "fake-7"
+SEARCH_DELAY_S = 0.25
+THUMB_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Photo:
+    photo_id: str
+    description: str | None
+    photographer: str | None
+    color: tuple[int, int, int]
+    width: int = 640
+    height: int = 480
+
+
+PHOTOS = (
+    Photo("fog01", "Misty pine forest at sunrise", "Aino Virtanen", (92, 130, 110)),
+    Photo("dog02", "A golden retriever running along a sandy beach", "Mateo Ruiz", (214, 170, 90)),
+    Photo("city03", "City lights at night seen from a skyscraper", "Hana Sato", (40, 48, 96)),
+    Photo("neon04", HOSTILE_DESCRIPTION, "<script>alert(1)</script>", (190, 60, 140)),
+    Photo("lake05", None, "Olu Adeyemi", (70, 140, 200)),
+    Photo("desert06", "Sand dunes under a clear blue sky", None, (222, 190, 140)),
+    Photo("snow07", "Snowy mountain ridge with a lone hiker", "Lena Brandt", (200, 215, 235)),
+    Photo("tulip08", "A field of red tulips in spring", "Pieter de Vries", (200, 60, 60)),
+)
+_BY_ID = {p.photo_id: p for p in PHOTOS}
+
+
+@lru_cache(maxsize=64)
+def render_png(photo_id: str, size: int) -> bytes:
+    """A small, recognisable picture per photo: a vertical gradient of its colour with a sun and a horizon."""
+    photo = _BY_ID[photo_id]
+    width, height = (size, size) if size else (photo.width, photo.height)
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    r, g, b = photo.color
+    for y in range(height):
+        t = y / max(height - 1, 1)
+        draw.line([(0, y), (width, y)], fill=(int(r * (1 - 0.5 * t)), int(g * (1 - 0.5 * t)), int(b * (1 - 0.5 * t))))
+    radius = min(width, height) // 7
+    cx, cy = width * 2 // 3, height // 3
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=(255, 236, 180))
+    draw.polygon(
+        [(0, height), (0, height * 3 // 4), (width // 3, height * 3 // 5), (width, height * 4 // 5), (width, height)],
+        fill=(max(r - 60, 0), max(g - 60, 0), max(b - 60, 0)),
+    )
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def pick(query: str, k: int) -> list[Photo]:
+    """`k` photos chosen from the query's hash, so different queries show different images."""
+    start = int(hashlib.sha256(query.encode()).hexdigest(), 16) % len(PHOTOS)
+    return [PHOTOS[(start + i) % len(PHOTOS)] for i in range(min(k, len(PHOTOS)))]
+
+
+def build_response(query: str, k: int, rerank: RerankMode) -> SearchResponse:
+    applied = rerank != "off"
+    hits = [
+        SearchHit(
+            rank=i + 1,
+            photo_id=p.photo_id,
+            score=round(0.34 - 0.021 * i, 4),
+            clip_rank=(i + 1) % k + 1 if applied else i + 1,
+            image_url=f"/images/{p.photo_id}",
+            thumbnail_url=f"/images/{p.photo_id}?size={THUMB_SIZE}",
+            source_url=f"https://images.unsplash.com/photo-{p.photo_id}",
+            description=p.description,
+            photographer=p.photographer,
+            width=p.width,
+            height=p.height,
+            reason=f"Matches “{query[:40]}”: {p.description or 'the scene'}." if applied and i < 2 else None,
+        )
+        for i, p in enumerate(pick(query, k))
+    ]
+    return SearchResponse(
+        query=query,
+        query_truncated=len(query) > 200,
+        results=hits,
+        timings_ms={
+            "encode": 11.8,
+            "search": 0.9,
+            "rerank": 212.4 if applied else 0.0,
+            "total": 231.6 if applied else 19.2,
+        },
+        rerank=RerankInfo(
+            requested=rerank,
+            applied=applied,
+            fallback_reason=None if applied else "not_requested",
+            model="gemini-2.5-flash" if applied else None,
+        ),
+        index_version=INDEX_VERSION,
+        stale=False,
+        request_id=uuid.uuid4().hex[:16],
+    )
+
+
+app = FastAPI(title="clipsearch stand-in for UI tests")
+mount_ui(app)
+
+
+@app.get("/search", response_model=SearchResponse)
+async def search(
+    q: Annotated[str, Query(min_length=1, max_length=500)],
+    k: Annotated[int, Query(ge=1, le=50)] = 4,
+    candidates: Annotated[int, Query(ge=1, le=200)] = 10,
+    rerank: Annotated[RerankMode, Query()] = "auto",
+) -> SearchResponse | JSONResponse:
+    await asyncio.sleep(SEARCH_DELAY_S)
+    if q.strip() == ERROR_QUERY:
+        return JSONResponse({"detail": ERROR_DETAIL, "request_id": uuid.uuid4().hex[:16]}, status_code=422)
+    if q.strip() == DOWN_QUERY:
+        return JSONResponse({"detail": DOWN_DETAIL}, status_code=503)
+    return build_response(q.strip(), k, rerank)
+
+
+@app.get("/images/{photo_id}")
+def image(photo_id: str, size: Annotated[int, Query(ge=0, le=1024)] = 0) -> Response:
+    if photo_id not in _BY_ID:
+        raise HTTPException(status_code=404, detail=f"No photo {photo_id!r}.")
+    return Response(render_png(photo_id, size), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@app.get("/ready")
+def ready() -> dict[str, object]:
+    return {"ready": True, "index_version": INDEX_VERSION}
