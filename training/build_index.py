@@ -31,7 +31,7 @@ from clipsearch.settings import Settings, get_settings
 
 log = logging.getLogger("training.build_index")
 
-CHUNK_NAME = re.compile(r"^chunk-(\d{6})\.npz$")
+CHUNK_NAME = re.compile(r"^chunk-(\d{6,})\.npz$")  # 6 digits, more past chunk 999999
 EMBED_HINT = "run `dvc repro embed` (or wait for every embed shard to finish) and build again"
 
 
