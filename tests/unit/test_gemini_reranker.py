@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -379,3 +380,49 @@ def test_thumbnail_provider_is_shared_and_bounded(make_reranker: MakeReranker) -
     reranker = make_reranker(thumbnail_cache_size=3)
     assert isinstance(reranker.thumbnails, ThumbnailProvider)
     assert reranker.thumbnails.cache.max_size == 3
+
+
+class BlockingClient:
+    """Stands in for genai.Client where a test needs a call that is still running when the budget ends."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.ended = threading.Event()
+        self.calls = 0
+        self.models = self
+
+    def generate_content(self, **_: object) -> object:
+        self.calls += 1
+        try:
+            self.release.wait(5)
+            raise RuntimeError("released")
+        finally:
+            self.ended.set()
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_abandoned_calls_are_bounded_and_release_their_slot(candidates: list[Candidate], images_dir: Path) -> None:
+    settings = RerankSettings(api_key=API_KEY, budget_s=0.2, max_retries=0, breaker_failures=5)
+    client = BlockingClient()
+    reranker = GeminiReranker(
+        settings,
+        api_key=API_KEY,
+        thumbnails=ThumbnailProvider.from_settings(settings, images_dir),
+        client=client,  # type: ignore[arg-type]
+        max_in_flight=1,
+    )
+    try:
+        assert reranker.rerank("q", candidates, 4).fallback_reason == "timeout"
+        out, elapsed = timed(lambda: reranker.rerank("q2", candidates, 4))  # the only slot is still taken
+        assert out.fallback_reason == "overloaded" and "in flight" in (out.detail or "")
+        assert client.calls == 1 and elapsed < 0.15
+        client.release.set()
+        assert client.ended.wait(2)
+        time.sleep(0.05)  # the worker releases its slot right after the SDK call returns
+        client.release.clear()
+        assert reranker.rerank("q3", candidates, 4).fallback_reason == "timeout"  # a slot was free again
+        assert client.calls == 2
+    finally:
+        reranker.close()
