@@ -200,6 +200,17 @@ def parse_ranking(model_text: str, candidate_ids: Sequence[str]) -> Ranking:
     return Ranking(tuple(order), reasons, ranked, unknown, duplicate)
 
 
+def _first_of_each_id(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """`candidates` without repeated photo ids (the first occurrence keeps its place)."""
+    seen: set[str] = set()
+    out: list[Candidate] = []
+    for cand in candidates:
+        if cand.photo_id not in seen:
+            seen.add(cand.photo_id)
+            out.append(cand)
+    return out
+
+
 def response_schema(candidate_ids: Sequence[str]) -> genai_types.Schema:
     """An array of {id, reason} whose ids can only be the candidates' (constrained decoding enforces it)."""
     return genai_types.Schema(
@@ -305,7 +316,7 @@ class GeminiReranker:
         """The best `k` of `candidates` in Gemini's order, or CLIP order with the reason it was kept."""
         start = self._clock()
         deadline = start + self.settings.budget_s
-        unique = list({c.photo_id: c for c in reversed(candidates)}.values())[::-1]  # first occurrence wins
+        unique = _first_of_each_id(candidates)
         if len(unique) < 2 or k <= 0:
             return RerankOutcome(results=clip_order(candidates, k), applied=False, detail="nothing to reorder")
         ids = tuple(c.photo_id for c in unique)

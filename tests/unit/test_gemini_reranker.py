@@ -426,3 +426,11 @@ def test_abandoned_calls_are_bounded_and_release_their_slot(candidates: list[Can
         assert client.calls == 2
     finally:
         reranker.close()
+
+
+def test_repeated_candidates_are_sent_once_in_first_position(
+    make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
+) -> None:
+    gemini_standin.script(rank([]))  # an empty ranking: invalid_output, so nothing else matters here
+    make_reranker().rerank("q", [candidates[2], candidates[0], candidates[2], candidates[1]], k=3)
+    assert gemini_standin.requests[0].candidate_ids == [IDS[2], IDS[0], IDS[1]]
