@@ -39,7 +39,7 @@ class DecodedImage:
 
 def is_safe_photo_id(photo_id: str) -> bool:
     """True when `photo_id` can be used as a file name (no path separators, dots-only names or odd bytes)."""
-    return bool(_PHOTO_ID.match(photo_id))
+    return bool(_PHOTO_ID.fullmatch(photo_id))
 
 
 def image_path(images_dir: Path, photo_id: str) -> Path:
