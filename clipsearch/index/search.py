@@ -198,8 +198,8 @@ class FaissIvfIndex(FaissIndex):
         quantizer = faiss.IndexFlatIP(dim)
         nbits = PQ_BITS
         if pq_m:
-            # A sub-quantizer needs at least 2**nbits training points; a tiny corpus gets fewer bits.
-            nbits = max(1, min(PQ_BITS, int(math.log2(max(n, 2)))))
+            # Each sub-quantizer runs k-means with 2**nbits centroids; keep >= 39 points per centroid like nlist.
+            nbits = max(1, min(PQ_BITS, int(math.log2(max(n // MIN_POINTS_PER_CENTROID, 2)))))
             if nbits < PQ_BITS:
                 logger.warning("IVF-PQ: %d vectors are too few for %d-bit codes; using %d bits", n, PQ_BITS, nbits)
             index = faiss.IndexIVFPQ(quantizer, dim, nlist_eff, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)

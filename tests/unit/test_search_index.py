@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import faiss
 import numpy as np
 import pytest
 
@@ -26,6 +28,15 @@ def structured(n: int, dim: int, rank: int = 24, noise: float = 0.3, seed: int =
 def recall_at(k: int, approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     hits = sum(len(set(a[:k]) & set(e[:k])) for a, e in zip(approx_rows, exact_rows, strict=True))
     return hits / (k * len(exact_rows))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_faiss_thread() -> Iterator[None]:
+    """FAISS's OpenMP threads spin-wait; on a shared, oversubscribed CI machine 2 threads run ~50x slower than 1."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +113,14 @@ def test_ivf_flat_recall_and_nlist_clamp(
 
 
 def test_ivf_pq_builds_searches_and_round_trips(corpus: np.ndarray, queries: np.ndarray) -> None:
-    index = FaissIvfIndex.build(corpus, nlist=16, nprobe=8, pq_m=16)
-    assert index.params == {"nlist": 16, "nprobe": 8, "pq_m": 16, "pq_nbits": 8}
-    _, exact_rows = ExactIndex(corpus).search(queries, 10)
+    small = corpus[:2000]
+    index = FaissIvfIndex.build(small, nlist=16, nprobe=8, pq_m=16)
+    # 2000 vectors support 2000 // 39 = 51 centroids per sub-quantizer -> 5-bit codes (2**5 = 32)
+    assert index.params == {"nlist": 16, "nprobe": 8, "pq_m": 16, "pq_nbits": 5}
+    _, exact_rows = ExactIndex(small).search(queries, 10)
     scores, rows = index.search(queries, 10)
-    assert recall_at(10, rows, exact_rows) >= 0.5  # lossy codes: far above chance (10/5000)
-    again = load_index("ivf", index.params, corpus, index.to_bytes())
+    assert recall_at(10, rows, exact_rows) >= 0.3  # lossy 80-bit codes (measured ~0.39): chance is 10/2000
+    again = load_index("ivf", index.params, small, index.to_bytes())
     scores2, rows2 = again.search(queries, 10)
     np.testing.assert_array_equal(rows, rows2)
     np.testing.assert_allclose(scores, scores2)
