@@ -22,6 +22,7 @@
 # /cache volume (index cache, HF/XDG/torch caches) and /tmp. No secret is read at build time: the Gemini key
 # and admin token arrive as environment variables from a Kubernetes Secret at run time.
 
+# checkov:skip=CKV_DOCKER_7:Base images come from the pinned ARGs above/below (debian:bookworm-slim, nvidia/cuda:13.0.1-base-ubuntu24.04, uv:0.13.8); checkov cannot resolve FROM ${ARG}.
 ARG UV_VERSION=0.13.8
 ARG PYTHON_VERSION=3.11.14
 ARG DEBIAN_IMAGE=debian:bookworm-slim
