@@ -471,7 +471,7 @@ class ClipEncoder:
         """
         self.load()
         tokenizer = self._tokenizer
-        texts = list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts)  # a bare str is one text, not its characters
         if not isinstance(tokenizer, SimpleTokenizer) or tokenizer.reduction_fn is not None:
             tokens = tokenizer(texts)
             return tokens, [bool(row[-1] != 0) for row in tokens]

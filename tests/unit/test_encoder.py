@@ -124,6 +124,7 @@ def test_encode_text_with_flags_and_empty_input(tiny_encoder: ClipEncoder) -> No
     vectors, truncated = tiny_encoder.encode_text_with_flags(["a dog", "a " * 90])
     assert vectors.shape == (2, 32) and truncated == [False, True]
     assert tiny_encoder.encode_text([]).shape == (0, 32)
+    np.testing.assert_array_equal(tiny_encoder.encode_text("a dog"), tiny_encoder.encode_text(["a dog"]))
 
 
 def test_truncated_text_path_equals_open_clip_vit_b_32_random() -> None:
