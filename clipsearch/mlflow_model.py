@@ -33,7 +33,7 @@ class IndexSearchModel(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         k = int((params or {}).get("k", 4))
-        rows = []
+        rows: list[dict[str, Any]] = []
         for query in model_input["query"].astype(str):
             result = self.engine.search(query, k=k, candidates=max(k, 10), rerank=False)
             rows.extend(

@@ -107,7 +107,7 @@ class ServiceState:
 
 
 def state(request: Request) -> ServiceState:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 StateDep = Annotated[ServiceState, Depends(state)]
@@ -288,11 +288,11 @@ def _thumbnail(path: str, mtime: float) -> bytes:
     from PIL import Image
 
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((THUMB_PX, THUMB_PX))
-        out = io.BytesIO()
-        img.save(out, format="JPEG", quality=85)
-        return out.getvalue()
+        rgb = img.convert("RGB")
+    rgb.thumbnail((THUMB_PX, THUMB_PX))
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
 
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:

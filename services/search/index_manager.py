@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import threading
 import time
@@ -92,7 +91,7 @@ class IndexManager:
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"registry_version": serving.registry_version, "path": str(serving.path),
                                    "index_version": serving.index_version}))
-        os.replace(tmp, pointer)
+        tmp.replace(pointer)
         self._prune(keep=serving.path.parent)
 
     def _prune(self, keep: Path) -> None:
