@@ -155,8 +155,8 @@ def write_chunk(path: Path, chunk: FeatureChunk) -> None:
     part.replace(path)
 
 
-def refuse_foreign_chunks(features_dir: Path, identity: ModelIdentity) -> None:
-    """Stop when any readable chunk in the directory was made by another model (unreadable ones get redone)."""
+def foreign_chunks(features_dir: Path, identity: ModelIdentity) -> list[tuple[Path, ModelIdentity]]:
+    """Readable chunks in the directory made by another model (unreadable ones get redone anyway)."""
     foreign: list[tuple[Path, ModelIdentity]] = []
     for path in list_chunks(features_dir):
         try:
@@ -165,6 +165,30 @@ def refuse_foreign_chunks(features_dir: Path, identity: ModelIdentity) -> None:
             continue
         if model != identity:
             foreign.append((path, model))
+    return foreign
+
+
+def replace_foreign_chunks(features_dir: Path, identity: ModelIdentity) -> int:
+    """Delete chunks made by another model (the configured model changed, so they are stale); return how many.
+
+    Shards running at once may race to delete the same stale file, so a file already gone is fine.
+    """
+    stale = foreign_chunks(features_dir, identity)
+    for path, _model in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning(
+            "removed %d chunk(s) made by %s: this run embeds with %s",
+            len(stale),
+            stale[0][1].describe(),
+            identity.describe(),
+        )
+    return len(stale)
+
+
+def refuse_foreign_chunks(features_dir: Path, identity: ModelIdentity) -> None:
+    """Stop when any readable chunk in the directory was made by another model."""
+    foreign = foreign_chunks(features_dir, identity)
     if foreign:
         path, model = foreign[0]
         raise ConfigError(
@@ -344,8 +368,14 @@ class _ChunkAssembler:
         return self._current == len(self.plans)
 
 
-def embed(settings: Settings, shard: Shard = Shard(), *, encoder: ClipEncoder | None = None) -> EmbedSummary:
-    """Embed this shard's pending chunks; return what was done. The module docstring has the contract."""
+def embed(
+    settings: Settings, shard: Shard = Shard(), *, encoder: ClipEncoder | None = None, replace_other_model: bool = False
+) -> EmbedSummary:
+    """Embed this shard's pending chunks; return what was done. The module docstring has the contract.
+
+    Chunks made by another model are refused by default (mixing models corrupts an index); with
+    `replace_other_model` (what `dvc repro` uses: a changed model param means re-embed) they are deleted first.
+    """
     started = time.perf_counter()
     data_dir = settings.dataset.data_dir
     features_dir = settings.embed.features_dir
@@ -360,7 +390,10 @@ def embed(settings: Settings, shard: Shard = Shard(), *, encoder: ClipEncoder | 
     encoder = encoder or ClipEncoder.from_settings(settings.model)
     identity = encoder.identity
     features_dir.mkdir(parents=True, exist_ok=True)
-    refuse_foreign_chunks(features_dir, identity)
+    if replace_other_model:
+        replace_foreign_chunks(features_dir, identity)
+    else:
+        refuse_foreign_chunks(features_dir, identity)
     for stale in remove_stale_chunks(features_dir, n_chunks, shard):
         log.info("removed %s: beyond the %d chunks the current images need", stale.name, n_chunks)
     pending = [plan for plan in plans if not is_done(chunk_path(features_dir, plan.number), plan, identity)]
@@ -429,10 +462,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="0/1",
         help="i/N: embed the chunks j with j %% N == i (N workers share one features directory). Default 0/1.",
     )
+    parser.add_argument(
+        "--replace-other-model",
+        action="store_true",
+        help="Delete feature chunks made by another model instead of refusing to run (the model params changed).",
+    )
     args = parser.parse_args(argv)
     shard = parse_shard(args.shard)
     configure_logging()
-    summary = embed(get_settings(), shard)
+    summary = embed(get_settings(), shard, replace_other_model=args.replace_other_model)
     print(summary.describe())
     return 0
 

@@ -177,6 +177,11 @@ def test_chunks_from_another_model_are_refused(
     assert "another model" in message and "ViT-B-32/openai" in message and f"delete {features}" in message
     assert [p.name for p in list_chunks(features)] == ["chunk-000003.npz"]
 
+    # What `dvc repro` asks for after a model change: the stale chunk goes, this model's chunks are written.
+    replaced = embed(settings, encoder=tiny_encoder, replace_other_model=True)
+    assert replaced.chunks_written == [0, 1, 2, 3]
+    assert all(read_chunk(p).model == tiny_encoder.identity for p in list_chunks(features))
+
 
 def test_decoding_in_worker_processes_gives_the_same_chunks(
     data: Path, tiny_model_settings: ModelSettings, tiny_encoder: ClipEncoder, tmp_path: Path
