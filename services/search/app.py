@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -74,8 +73,9 @@ class ServiceState:
     def _on_swap(self, serving: ServingIndex, stale: bool) -> None:
         self.metrics.set_index(serving.index_version, serving.registry_version, len(serving.engine.artifact), stale)
         self.metrics.index_swaps.inc()
-        reference = serving.engine.artifact.reference_queries
-        self.drift.set_reference(reference)
+        artifact = serving.engine.artifact
+        self.drift.set_reference(artifact.reference_queries, index_version=serving.index_version,
+                                 model_key=artifact.manifest.model.describe())
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -256,7 +256,7 @@ def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, body
     else:
         outcome = result.rerank_fallback_reason or "disabled"
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
-    svc.drift.record(encoded.vector, top1 if top1 is not None else 0.0)
+    svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
     hits = []
     for r in result.results:
@@ -397,9 +397,7 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/admin/drift-window", tags=["admin"], summary="Recent query embeddings (.npy) for the drift job",
              dependencies=[Depends(require_admin)], response_class=Response)
     def drift_window(svc: StateDep) -> Response:
-        buf = io.BytesIO()
-        np.save(buf, svc.drift.snapshot().astype(np.float32), allow_pickle=False)
-        return Response(buf.getvalue(), media_type="application/octet-stream")
+        return Response(svc.drift.window_npy(), media_type="application/octet-stream")
 
 
 def __getattr__(name: str) -> FastAPI:
