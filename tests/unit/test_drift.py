@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +121,7 @@ def test_top1_summary_ignores_missing_scores() -> None:
     ],
 )
 def test_bad_inputs_say_what_is_wrong(ref: np.ndarray, cur: np.ndarray, message: str) -> None:
-    with pytest.raises(DriftInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DriftInputError, match=re.escape(message)):
         compute_drift(ref, cur)
 
 
@@ -274,3 +276,52 @@ def test_run_periodically_survives_errors_and_reports_results() -> None:
     asyncio.run(scenario())
     assert calls["n"] >= 3 and len(results) >= 2
     assert all(r.drift_detected for r in results)
+
+
+# --------------------------------------------------------------------------------------------- drift_job inputs
+
+
+def test_job_refuses_missing_and_malformed_files(tmp_path: Path) -> None:
+    from clipsearch.errors import ClipsearchError
+    from services.search import drift_job
+
+    np.save(tmp_path / "ref.npy", embeddings(50, seed=1, dim=32))
+    np.save(tmp_path / "flat.npy", np.zeros(32, dtype=np.float32))
+    np.save(tmp_path / "ints.npy", np.zeros((50, 32), dtype=np.int64))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 32), dtype=np.float32))
+    np.save(tmp_path / "narrow.npy", embeddings(50, seed=2, dim=16))
+    ref = ["--reference", str(tmp_path / "ref.npy"), "--no-mlflow", "--no-html"]
+    cases = {
+        "missing.npy": "does not exist",
+        "flat.npy": "expected (n, dim)",
+        "ints.npy": "expected float embeddings",
+        "empty.npy": "no queries were recorded yet",
+        "narrow.npy": "dimension 32 but current has 16",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ClipsearchError, match=re.escape(message)):
+            drift_job.main([*ref, "--current", str(tmp_path / name)])
+    (tmp_path / "text.npy").write_text("not numpy")
+    with pytest.raises(ClipsearchError, match=re.escape("not a readable .npy")):
+        drift_job.main([*ref, "--current", str(tmp_path / "text.npy")])
+    with pytest.raises(SystemExit):
+        drift_job.main([*ref, "--alias", "champion", "--current", str(tmp_path / "ref.npy")])
+
+
+def test_job_exit_code_follows_fail_on_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from services.search import drift_job
+
+    np.save(tmp_path / "ref.npy", embeddings(100, seed=1, dim=32))
+    np.save(tmp_path / "cur.npy", embeddings(100, seed=2, shift=2.0, dim=32))
+    args = [
+        "--reference",
+        str(tmp_path / "ref.npy"),
+        "--current",
+        str(tmp_path / "cur.npy"),
+        "--no-mlflow",
+        "--no-html",
+    ]
+    assert drift_job.main(args) == 0
+    assert drift_job.main([*args, "--fail-on-drift"]) == drift_job.EXIT_DRIFT
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("drift_job: DRIFT: ") for line in lines)
