@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import io
 import logging
+import os
 import re
 import time
 import uuid
@@ -61,7 +62,9 @@ class ServiceState:
         self.encoder = ClipEncoder.from_settings(settings.model)
         images_dir = settings.service.images_dir
         reranker, self.reranker_status = (
-            build_reranker(settings.rerank, images_dir) if settings.rerank.enabled else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
+            build_reranker(settings.rerank, images_dir)
+            if settings.rerank.enabled
+            else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
         )
         self.reranker = reranker
         self.rerank_available = not isinstance(reranker, NoopReranker)
@@ -74,14 +77,22 @@ class ServiceState:
         self.metrics.set_index(serving.index_version, serving.registry_version, len(serving.engine.artifact), stale)
         self.metrics.index_swaps.inc()
         artifact = serving.engine.artifact
-        self.drift.set_reference(artifact.reference_queries, index_version=serving.index_version,
-                                 model_key=artifact.manifest.model.describe())
+        self.drift.set_reference(
+            artifact.reference_queries,
+            index_version=serving.index_version,
+            model_key=artifact.manifest.model.describe(),
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
-        self.tasks.append(asyncio.create_task(self.index.follow(self.settings.service.poll_interval_s,
-                                                                 on_refusal=[self.metrics.index_refusals.inc])))
-        self.tasks.append(asyncio.create_task(self.drift.run_periodically(self.settings.service.drift_interval_s, self._on_drift)))
+        self.tasks.append(
+            asyncio.create_task(
+                self.index.follow(self.settings.service.poll_interval_s, on_refusal=[self.metrics.index_refusals.inc])
+            )
+        )
+        self.tasks.append(
+            asyncio.create_task(self.drift.run_periodically(self.settings.service.drift_interval_s, self._on_drift))
+        )
 
     def _load(self) -> None:
         try:
@@ -126,6 +137,10 @@ ServingDep = Annotated[ServingIndex, Depends(serving_index)]
 
 def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    # MLflow's client retries a dead server ~7 times with backoff (minutes); a replica should fall back to its
+    # cached index within seconds instead. Operators can still override both.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     if json_logs:
         configure_json_logging()
     metrics = Metrics()
@@ -135,8 +150,15 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = ServiceState(settings, metrics)
         app.state.service = svc
-        log.info("starting", extra={"reranker": svc.reranker_status, "model": f"{settings.model.arch}/{settings.model.pretrained}",
-                                    "registry": settings.registry.tracking_uri, "model_name": settings.registry.model_name})
+        log.info(
+            "starting",
+            extra={
+                "reranker": svc.reranker_status,
+                "model": f"{settings.model.arch}/{settings.model.pretrained}",
+                "registry": settings.registry.tracking_uri,
+                "model_name": settings.registry.model_name,
+            },
+        )
         startup = asyncio.create_task(svc.start())
         try:
             yield
@@ -189,8 +211,10 @@ def _install_middleware(app: FastAPI, metrics: Metrics) -> None:
             if route != "/metrics":
                 metrics.requests.labels(route=route, status=str(status)).inc()
                 metrics.request_latency.labels(route=route).observe(elapsed)
-                log.info("request", extra={"method": request.method, "route": route, "status": status,
-                                           "ms": round(elapsed * 1000, 2)})
+                log.info(
+                    "request",
+                    extra={"method": request.method, "route": route, "status": status, "ms": round(elapsed * 1000, 2)},
+                )
             request_id_var.reset(token)
 
 
@@ -227,7 +251,9 @@ def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: 
     if not text:
         raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
     if len(text) > limits.max_query_chars:
-        raise HTTPException(422, detail=f"q: the query is {len(text)} characters; the limit is {limits.max_query_chars}")
+        raise HTTPException(
+            422, detail=f"q: the query is {len(text)} characters; the limit is {limits.max_query_chars}"
+        )
     if not 1 <= k <= limits.max_k:
         raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
     if not 1 <= candidates <= limits.max_candidates:
@@ -235,7 +261,10 @@ def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: 
     if candidates < k:
         raise HTTPException(422, detail=f"candidates ({candidates}) must be at least k ({k})")
     if rerank == "on" and not svc.rerank_available:
-        raise HTTPException(409, detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off")
+        raise HTTPException(
+            409,
+            detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
+        )
     return text
 
 
@@ -246,8 +275,9 @@ def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, body
     encoded = engine.encode_query(text)
     encode_ms = (time.perf_counter() - start) * 1000.0
     use_rerank = body.rerank != "off" and svc.rerank_available
-    result: SearchResult = engine.search_vector(text, encoded, k=body.k, candidates=body.candidates, rerank=use_rerank,
-                                                started_at=start, encode_ms=encode_ms)
+    result: SearchResult = engine.search_vector(
+        text, encoded, k=body.k, candidates=body.candidates, rerank=use_rerank, started_at=start, encode_ms=encode_ms
+    )
     top1 = result.results[0].candidate.score if result.results else None
     if result.rerank_applied:
         outcome = "applied"
@@ -261,21 +291,35 @@ def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, body
     hits = []
     for r in result.results:
         c = r.candidate
-        hits.append(SearchHit(
-            rank=r.rank, photo_id=c.photo_id, score=round(c.score, 6), clip_rank=c.rank,
-            image_url=f"{base}/images/{c.photo_id}", thumbnail_url=f"{base}/images/{c.photo_id}?size=thumb",
-            source_url=c.image_url, description=c.description, photographer=c.photographer,
-            width=c.width, height=c.height, reason=r.reason,
-        ))
+        hits.append(
+            SearchHit(
+                rank=r.rank,
+                photo_id=c.photo_id,
+                score=round(c.score, 6),
+                clip_rank=c.rank,
+                image_url=f"{base}/images/{c.photo_id}",
+                thumbnail_url=f"{base}/images/{c.photo_id}?size=thumb",
+                source_url=c.image_url,
+                description=c.description,
+                photographer=c.photographer,
+                width=c.width,
+                height=c.height,
+                reason=r.reason,
+            )
+        )
     return SearchResponse(
         query=text,
         query_truncated=result.query_truncated,
         results=hits,
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
         rerank=RerankInfo(
-            requested=body.rerank, applied=result.rerank_applied,
-            fallback_reason=None if result.rerank_applied else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
-            detail=result.rerank_detail, model=svc.settings.rerank.model if svc.rerank_available else None,
+            requested=body.rerank,
+            applied=result.rerank_applied,
+            fallback_reason=None
+            if result.rerank_applied
+            else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
+            detail=result.rerank_detail,
+            model=svc.settings.rerank.model if svc.rerank_available else None,
         ),
         index_version=serving.index_version,
         stale=svc.index.stale,
@@ -298,10 +342,14 @@ def _thumbnail(path: str, mtime: float) -> bytes:
 def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
     def search_get(
-        request: Request, svc: StateDep, serving: ServingDep,
+        request: Request,
+        svc: StateDep,
+        serving: ServingDep,
         q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
         k: Annotated[int, Query(description="Results to return.")] = settings.search.k,
-        candidates: Annotated[int, Query(description="Nearest neighbours to re-rank from.")] = settings.search.candidates,
+        candidates: Annotated[
+            int, Query(description="Nearest neighbours to re-rank from.")
+        ] = settings.search.candidates,
         rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
     ) -> SearchResponse:
         return _run_search(svc, serving, request, SearchRequest(q=q, k=k, candidates=candidates, rerank=rerank))
@@ -310,10 +358,18 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
         return _run_search(svc, serving, request, body)
 
-    @app.get("/images/{photo_id}", tags=["search"], summary="An indexed image (local cache or a redirect to Unsplash)",
-             responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}})
-    def image(photo_id: str, serving: ServingDep, svc: StateDep,
-              size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full") -> Response:
+    @app.get(
+        "/images/{photo_id}",
+        tags=["search"],
+        summary="An indexed image (local cache or a redirect to Unsplash)",
+        responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}},
+    )
+    def image(
+        photo_id: str,
+        serving: ServingDep,
+        svc: StateDep,
+        size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",
+    ) -> Response:
         if not PHOTO_ID.fullmatch(photo_id):
             raise HTTPException(422, detail="photo_id: not a valid Unsplash photo id")
         try:
@@ -336,8 +392,13 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyResponse, tags=["ops"], summary="Index loaded and encoder warm",
-             responses={503: {"model": ReadyResponse}})
+    @app.get(
+        "/readyz",
+        response_model=ReadyResponse,
+        tags=["ops"],
+        summary="Index loaded and encoder warm",
+        responses={503: {"model": ReadyResponse}},
+    )
     def readyz(svc: StateDep) -> JSONResponse:
         current = svc.index.current
         ready = current is not None and svc.encoder_ready
@@ -359,15 +420,23 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
     def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/drift", tags=["ops"], summary="Latest embedding drift check", response_model=DriftResponse,
-             responses={200: {"content": {"text/html": {}}}})
+    @app.get(
+        "/drift",
+        tags=["ops"],
+        summary="Latest embedding drift check",
+        response_model=DriftResponse,
+        responses={200: {"content": {"text/html": {}}}},
+    )
     def drift(svc: StateDep, format: Annotated[str, Query(pattern="^(json|html)$")] = "json") -> Response:
         current = svc.index.current
         if format == "html":
             html = svc.drift.latest_html
             if html is None:
-                raise HTTPException(404, detail="no drift report yet: it is computed every "
-                                    f"{svc.settings.service.drift_interval_s:.0f}s once {svc.settings.service.drift_min_queries} queries arrived")
+                raise HTTPException(
+                    404,
+                    detail="no drift report yet: it is computed every "
+                    f"{svc.settings.service.drift_interval_s:.0f}s once {svc.settings.service.drift_min_queries} queries arrived",
+                )
             return Response(html, media_type="text/html")
         payload = svc.drift.to_response()
         payload["index_version"] = current.index_version if current else None
@@ -381,8 +450,12 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, detail="missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/admin/reload", tags=["admin"], summary="Check the registry now and swap to the champion",
-              dependencies=[Depends(require_admin)])
+    @app.post(
+        "/admin/reload",
+        tags=["admin"],
+        summary="Check the registry now and swap to the champion",
+        dependencies=[Depends(require_admin)],
+    )
     async def reload(svc: StateDep) -> dict[str, str | None]:
         from clipsearch.errors import ClipsearchError
 
@@ -394,8 +467,13 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         current = svc.index.current
         return {"result": outcome, "index_version": current.index_version if current else None}
 
-    @app.get("/admin/drift-window", tags=["admin"], summary="Recent query embeddings (.npy) for the drift job",
-             dependencies=[Depends(require_admin)], response_class=Response)
+    @app.get(
+        "/admin/drift-window",
+        tags=["admin"],
+        summary="Recent query embeddings (.npy) for the drift job",
+        dependencies=[Depends(require_admin)],
+        response_class=Response,
+    )
     def drift_window(svc: StateDep) -> Response:
         return Response(svc.drift.window_npy(), media_type="application/octet-stream")
 

@@ -28,13 +28,21 @@ class PipelineRepo:
     tracking_uri: str
     checkpoint: Path
 
-    def run(self, *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            list(args), cwd=self.root, capture_output=True, text=True, timeout=timeout,
+            list(args),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})},
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def set_params(self, **sections: dict[str, object]) -> None:
@@ -47,8 +55,16 @@ class PipelineRepo:
 
 def copy_repo(dest: Path) -> None:
     """Copy the tracked (and new, unignored) files of this repo, as a fresh clone would have them."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = REPO / name
         if src.is_file():
@@ -73,8 +89,14 @@ def pipeline_repo(tmp_path_factory, unsplash_fixture_server, tiny_clip_checkpoin
     repo = PipelineRepo(root=root, tracking_uri=mlflow_url, checkpoint=tiny_clip_checkpoint)
     repo.set_params(
         dataset={"url": unsplash_fixture_server.zip_url, "limit": None, "image_width": 96, "concurrency": 8},
-        model={"arch": "clipsearch-tiny", "pretrained": str(tiny_clip_checkpoint), "device": "cpu", "precision": "fp32",
-               "num_workers": 1, "batch_size": 64},
+        model={
+            "arch": "clipsearch-tiny",
+            "pretrained": str(tiny_clip_checkpoint),
+            "device": "cpu",
+            "precision": "fp32",
+            "num_workers": 1,
+            "batch_size": 64,
+        },
         embed={"chunk_size": 128},
         registry={"tracking_uri": mlflow_url, "gate_tolerance": 0.02},
     )
@@ -87,3 +109,66 @@ def reproduced(pipeline_repo: PipelineRepo) -> PipelineRepo:
     result = pipeline_repo.run(str(BIN / "dvc"), "repro")
     (pipeline_repo.root / "first-repro.log").write_text(result.stdout + result.stderr)
     return pipeline_repo
+
+
+@dataclass
+class LiveService:
+    """A real uvicorn process serving the champion pulled from the session's MLflow server."""
+
+    base_url: str
+    repo: PipelineRepo
+    cache_dir: Path
+    standin: object
+    admin_token: str = "test-admin-token"
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+
+def service_env(repo: PipelineRepo, cache_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "CLIPSEARCH_PARAMS": str(repo.root / "params.yaml"),
+        "CLIPSEARCH_SERVICE__CACHE_DIR": str(cache_dir),
+        "CLIPSEARCH_SERVICE__IMAGES_DIR": str(repo.root / "data" / "images"),
+        "CLIPSEARCH_SERVICE__POLL_INTERVAL_S": "1",
+        "CLIPSEARCH_SERVICE__ADMIN_TOKEN": "test-admin-token",
+        "CLIPSEARCH_SERVICE__DRIFT_INTERVAL_S": "1",
+        "CLIPSEARCH_SERVICE__DRIFT_MIN_QUERIES": "5",
+        "CLIPSEARCH_RERANK__BUDGET_S": "0.6",
+        "CLIPSEARCH_RERANK__THUMBNAIL_PX": "64",
+    }
+    env.update(overrides)
+    return env
+
+
+def ensure_champion(repo: PipelineRepo) -> str:
+    """Promote the first registered version if no champion exists yet (tests may run alone)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=repo.tracking_uri, registry_uri=repo.tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias("clipsearch-index", "champion").version)
+    except MlflowException:
+        repo.run(str(BIN / "clipsearch"), "promote")
+        return str(client.get_model_version_by_alias("clipsearch-index", "champion").version)
+
+
+@pytest.fixture(scope="session")
+def live_service(reproduced: PipelineRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """uvicorn + the real app, re-ranking through a local Gemini stand-in, following @champion every second."""
+    from tests.fixtures.gemini_standin import GeminiStandin
+    from tests.support.processes import free_port, running
+
+    ensure_champion(reproduced)
+    workdir = tmp_path_factory.mktemp("service")
+    cache_dir = workdir / "cache"
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with GeminiStandin() as standin:
+        env = service_env(
+            reproduced, cache_dir, CLIPSEARCH_RERANK__BASE_URL=standin.base_url, GEMINI_API_KEY="test-key"
+        )
+        cmd = [str(BIN / "uvicorn"), "services.search.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        with running(cmd, f"{base_url}/readyz", workdir / "service.log", env=env, cwd=reproduced.root, timeout_s=120):
+            yield LiveService(base_url=base_url, repo=reproduced, cache_dir=cache_dir, standin=standin)
