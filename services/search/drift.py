@@ -489,10 +489,17 @@ def _columns(dim: int) -> list[str]:
 
 
 def _frame(rows: np.ndarray) -> pd.DataFrame:
-    """A fresh DataFrame per call: Evidently's model method adds a `target` column to what it is given."""
+    """A fresh DataFrame per call, laid out as Evidently's Report hands it to the drift method.
+
+    Fresh, because the model method adds a `target` column to what it is given. Laid out the same (Evidently's
+    Dataset copies the frame, which re-lays the block out column-major, then selects the embedding columns),
+    because SGD's last bits depend on memory layout and one flipped pair moves the AUC by 1/(n1*n2). With the
+    same layout the direct call and the Report agree exactly.
+    """
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=_columns(rows.shape[1]))
+    columns = _columns(rows.shape[1])
+    return pd.DataFrame(rows, columns=columns).copy()[columns]
 
 
 def _top1_summary(top1: npt.ArrayLike | None) -> tuple[float | None, float | None]:
