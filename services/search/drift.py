@@ -41,7 +41,7 @@ from clipsearch.errors import ClipsearchError
 
 if TYPE_CHECKING:
     import pandas as pd
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import DriftMethod
+    from evidently.metrics.embeddings import DriftMethod
 
 log = logging.getLogger(__name__)
 
