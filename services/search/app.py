@@ -68,7 +68,9 @@ class ServiceState:
         )
         self.reranker = reranker
         self.rerank_available = not isinstance(reranker, NoopReranker)
-        self.drift = DriftMonitor(window=settings.service.drift_window, min_queries=settings.service.drift_min_queries)
+        self.drift = DriftMonitor(
+            window=settings.service.drift_window, min_queries=settings.service.drift_min_queries, html=False
+        )
         self.index = IndexManager(settings, self.encoder, reranker, on_swap=[self._on_swap])
         self.encoder_ready = False
         self.tasks: list[asyncio.Task[None]] = []
@@ -427,10 +429,10 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         response_model=DriftResponse,
         responses={200: {"content": {"text/html": {}}}},
     )
-    def drift(svc: StateDep, format: Annotated[str, Query(pattern="^(json|html)$")] = "json") -> Response:
+    async def drift(svc: StateDep, format: Annotated[str, Query(pattern="^(json|html)$")] = "json") -> Response:
         current = svc.index.current
         if format == "html":
-            html = svc.drift.latest_html
+            html = await asyncio.to_thread(svc.drift.render_html)
             if html is None:
                 raise HTTPException(
                     404,

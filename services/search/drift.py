@@ -415,6 +415,35 @@ class DriftMonitor:
             log.info("drift check: %s", result.summary())
             return result
 
+    def render_html(self) -> str | None:
+        """Evidently's HTML report for the latest check, built on demand (its t-SNE costs seconds of CPU, so a
+        serving replica checks without HTML and renders a report only when someone asks for one)."""
+        with self._lock:
+            if self._latest_html is not None or self._latest is None:
+                return self._latest_html
+            reference, version = self._reference, self._index_version
+        if reference is None:
+            return None
+        current, top1 = self._window()
+        try:
+            _, page = compute_drift(
+                reference,
+                current,
+                method=self.method,
+                html=True,
+                max_rows=self.max_rows,
+                top1=top1,
+                index_version=version,
+                threads=self.threads,
+            )
+        except DriftInputError as exc:
+            self._set_reason(str(exc))
+            return None
+        with self._lock:
+            if self._reference is reference:
+                self._latest_html = page
+        return page
+
     async def run_periodically(self, interval_s: float, on_result: Callable[[DriftResult], None] | None = None) -> None:
         """Every `interval_s`, run `compute` in a worker thread and hand results to `on_result`.
 

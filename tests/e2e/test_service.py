@@ -171,7 +171,9 @@ def test_metrics_are_exported(live_service: LiveService) -> None:
 
 
 def test_drift_is_computed_from_recent_queries(live_service: LiveService) -> None:
-    for q in ("forest", "red car", "snow", "sunset beach", "city lights", "desert", "flowers"):
+    for q in [
+        f"{w} {i}" for i in range(4) for w in ("forest", "red car", "snow", "sunset beach", "city lights", "desert")
+    ]:
         httpx.get(live_service.url("/search"), params={"q": q, "rerank": "off"}, timeout=10)
 
     def available() -> bool:
