@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +60,21 @@ def tiny_encoder(tiny_model_settings):
     from clipsearch.encoder import ClipEncoder
 
     return ClipEncoder(tiny_model_settings).load()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(unsplash_fixture_server: ServedFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `clipsearch-tiny` state_dict trained on the session's fixture: theme keywords find their photos.
+
+    Load it with `ModelSettings(arch="clipsearch-tiny", pretrained=str(path))`; read only. Reused from
+    `$CLIPSEARCH_TEST_CACHE` (else ~/.cache/clipsearch-tests) when this fixture content was trained before;
+    on CI (`CI` set, no cache dir given) it is trained afresh into the session's temp dir.
+    """
+    from tests.fixtures.tiny_clip import CACHE_ENV, cached_tiny_clip
+
+    fresh = bool(os.environ.get("CI")) and not os.environ.get(CACHE_ENV)
+    cache_dir = tmp_path_factory.mktemp("tiny-clip") if fresh else None
+    return cached_tiny_clip(unsplash_fixture_server.server.root, cache_dir=cache_dir)
 
 
 @pytest.fixture
