@@ -26,7 +26,7 @@ from clipsearch.engine import SearchEngine, load_engine
 from clipsearch.errors import DataFormatError
 from clipsearch.metrics import evaluate_rankings, latency_summary
 from clipsearch.registry import client_for, flatten_params, registry_errors
-from clipsearch.relevance import JudgedQuery, build_judgments
+from clipsearch.relevance import JudgedQuery, build_judgments, normalise_query
 from clipsearch.settings import Settings, get_settings
 
 log = logging.getLogger("training.evaluate")
@@ -35,13 +35,37 @@ METRICS_FILE = Path("metrics.json")
 GRID_THUMB = 160
 
 
-def load_judgments(settings: Settings, indexed_ids: list[str]) -> tuple[list[JudgedQuery], dict[str, Any]]:
+MAX_REFERENCE_QUERIES = 5000
+
+
+def load_tables(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     lite = settings.dataset.data_dir / "lite"
     try:
-        conversions = pd.read_parquet(lite / "conversions.parquet")
-        keywords = pd.read_parquet(lite / "keywords.parquet")
+        return pd.read_parquet(lite / "conversions.parquet"), pd.read_parquet(lite / "keywords.parquet")
     except FileNotFoundError as exc:
         raise DataFormatError(f"{exc.filename} is missing: run `dvc repro download` first.") from exc
+
+
+def reference_queries(
+    conversions: pd.DataFrame, keywords: pd.DataFrame, limit: int = MAX_REFERENCE_QUERIES
+) -> list[str]:
+    """What people search for (the drift reference): distinct conversion keywords, most frequent first, then
+    the photo keywords, until `limit`.
+
+    Drift compares live queries with this set, so it is taken from all conversions, not only the held-out
+    judged queries: a reference of a few dozen queries would make every check noisy.
+    """
+    seen: dict[str, None] = {}
+    for column in (conversions["keyword"], keywords["keyword"]):
+        for query in column.dropna().astype(str).map(normalise_query).value_counts().index:
+            if query and len(seen) < limit:
+                seen.setdefault(query, None)
+    return list(seen)
+
+
+def load_judgments(
+    settings: Settings, indexed_ids: list[str], conversions: pd.DataFrame, keywords: pd.DataFrame
+) -> tuple[list[JudgedQuery], dict[str, Any]]:
     judgments = build_judgments(conversions, keywords, indexed_ids, settings.evaluate)
     if not judgments.queries:
         raise DataFormatError(
@@ -95,7 +119,8 @@ def main() -> None:
     settings = get_settings()
     encoder = ClipEncoder.from_settings(settings.model)
     engine = load_engine(settings.index.output_dir, encoder)
-    queries, judgment_info = load_judgments(settings, [str(i) for i in engine.artifact.ids])
+    conversions, keywords = load_tables(settings)
+    queries, judgment_info = load_judgments(settings, [str(i) for i in engine.artifact.ids], conversions, keywords)
     depth = max(settings.evaluate.candidates, 10)
     started = time.perf_counter()
     rows = run_queries(engine, queries, depth)
@@ -118,7 +143,10 @@ def main() -> None:
     (out / "evaluation.json").write_text(json.dumps({"judgments": judgment_info, "queries": rows}, indent=1))
     sample = list(settings.evaluate.sample_queries) + [q.query for q in queries[:3]]
     grid = results_grid(engine, sample, settings.dataset.data_dir / "images", out / "results_grid.png")
-    reference = encoder.encode_text([q.query for q in queries]).astype(np.float32)
+    reference_texts = reference_queries(conversions, keywords) or [q.query for q in queries]
+    reference = np.concatenate(
+        [encoder.encode_text(reference_texts[i : i + 256]) for i in range(0, len(reference_texts), 256)]
+    ).astype(np.float32)
     np.save(out / "reference_queries.npy", reference)
 
     with registry_errors(settings.registry, "log the evaluation run"):
