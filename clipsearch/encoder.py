@@ -16,6 +16,10 @@ Why a class and not a bare `open_clip.create_model` call:
   end-of-text position in each batch (queries are grouped by length): the same vectors within 1e-5 as open_clip's
   `encode_text` on the padded 77-token context, for a fraction of the work on short queries.
   `encode_text_padded` keeps open_clip's own path for parity tests and benchmarks.
+- **Optional bf16 query tower.** A one-query forward pass is bound by reading the text tower's weights, not by
+  arithmetic, so `model.text_precision: bf16` runs the EOT-truncated path on a bf16 copy of the text
+  transformer: about half the time on CPUs with AVX512-BF16/AMX, cosine to fp32 >= 0.999. The model itself
+  stays fp32, so image embeddings, `encode_text_padded` and the identity are unchanged. Off by default.
 
 The test-only architecture `clipsearch-tiny` (`model_configs/clipsearch-tiny.json`) is registered with open_clip
 when this module is imported, so `arch="clipsearch-tiny", pretrained="random"` works in any process.
@@ -23,6 +27,8 @@ when this module is imported, so `arch="clipsearch-tiny", pretrained="random"` w
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import hashlib
 import logging
@@ -292,6 +298,32 @@ class _TextTower:
     ln_final: torch.nn.Module
     text_projection: Any
     attn_mask: torch.Tensor
+    output_dtype: torch.dtype  # what ln_final/text_projection expect: the model's own transformer dtype
+
+
+def _bf16_text_tower(tower: _TextTower, precision: str) -> _TextTower:
+    """The same tower with a bf16 copy of its transformer (the model's own fp32 transformer is left alone).
+
+    Only for an fp32 model: an fp16 model is already half precision. Warns when the CPU lacks native bf16
+    (AVX512-BF16 or AMX), where bf16 matrix products are emulated and slower than fp32.
+    """
+    if precision != "fp32":
+        log.info("model.text_precision bf16 ignored: the model already runs in %s", precision)
+        return tower
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+    if not native:
+        log.warning(
+            "model.text_precision is bf16 but this CPU has no native bf16 (AVX512-BF16/AMX): text encoding will be "
+            "slower than fp32; set model.text_precision: fp32"
+        )
+    return dataclasses.replace(
+        tower,
+        transformer=copy.deepcopy(tower.transformer).to(torch.bfloat16),
+        attn_mask=tower.attn_mask.to(torch.bfloat16),
+    )
 
 
 class ClipEncoder:
@@ -368,6 +400,8 @@ class ClipEncoder:
         self._preprocess = cast(ImageTransform, open_clip.transform.image_transform_v2(preprocess_cfg, is_train=False))
         self._tokenizer = open_clip.get_tokenizer(s.arch)
         self._text_tower = self._find_text_tower(model, self._tokenizer)
+        if self._text_tower is not None and s.text_precision == "bf16":
+            self._text_tower = _bf16_text_tower(self._text_tower, precision)
         self._dim = int(model.text_projection.shape[1]) if self._text_tower else self._probe_dim(model)
         self._context_length = int(getattr(model, "context_length", self._context_length or 77))
         self._identity = ModelIdentity(
@@ -405,6 +439,7 @@ class ClipEncoder:
             ln_final=model.ln_final,
             text_projection=model.text_projection,
             attn_mask=attn_mask,
+            output_dtype=model.transformer.get_cast_dtype(),
         )
 
     @staticmethod
@@ -516,7 +551,7 @@ class ClipEncoder:
                 x = tower.token_embedding(batch).to(cast_dtype)
                 x = x + tower.positional_embedding[:length].to(cast_dtype)
                 x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
-                x = tower.ln_final(x)
+                x = tower.ln_final(x.to(tower.output_dtype))  # a no-op unless the tower runs in bf16
                 x = x[torch.arange(x.shape[0], device=x.device), eot[idx].to(x.device)]
                 x = (
                     tower.text_projection(x)

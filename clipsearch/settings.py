@@ -56,6 +56,11 @@ class ModelSettings(BaseModel):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16"] = "auto"
+    text_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Query-encoding text tower on CPU: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX (cosine to "
+        "fp32 >= 0.999); fp32 is exact. Ignored when the model already runs in fp16.",
+    )
     batch_size: int = Field(64, ge=1, le=4096)
     num_workers: int = Field(2, ge=0, le=64, description="Image decode workers that run ahead of the model.")
     cache_dir: Path | None = Field(None, description="Where open_clip caches downloaded weights.")
