@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 INDEX_ARTIFACT_KEY = "index"  # the key under which the artifact directory is logged with the pyfunc model
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+# How MLflow's REST client words a server that is down or unreachable (it wraps requests' errors).
+_CONNECTION_FAILURES = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Name or service not known",
+    "timed out",
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,11 @@ def registry_errors(settings: RegistrySettings, action: str) -> Iterator[None]:
     except RegistryError:
         raise
     except MlflowException as exc:
+        if any(marker in exc.message for marker in _CONNECTION_FAILURES):
+            raise RegistryError(
+                f"MLflow at {settings.tracking_uri} is unreachable while trying to {action} (connection failed). "
+                "Start the tracking server or point CLIPSEARCH_REGISTRY__TRACKING_URI at it."
+            ) from exc
         raise RegistryError(
             f"MLflow could not {action} at {settings.tracking_uri}: {exc.message.splitlines()[0][:300]}. "
             "Check that the tracking server is up and CLIPSEARCH_REGISTRY__TRACKING_URI points at it."
@@ -189,7 +202,9 @@ def promote(settings: RegistrySettings, version: str | None = None) -> GateDecis
         )
         if passed:
             client.set_registered_model_alias(settings.model_name, settings.champion_alias, challenger.version)
-            client.set_model_version_tag(settings.model_name, challenger.version, "promoted_from", champion.version if champion else "none")
+            client.set_model_version_tag(
+                settings.model_name, challenger.version, "promoted_from", champion.version if champion else "none"
+            )
         return GateDecision(passed, reasons, challenger, champion)
 
 
@@ -230,8 +245,8 @@ def download_index(settings: RegistrySettings, version: str, dest_dir: Path) -> 
                     registry_uri=settings.tracking_uri,
                 )
             )
-        index = local / "artifacts" / INDEX_ARTIFACT_KEY
-        if not index.is_dir():
+        index = _index_dir_of(local)
+        if index is None:
             raise RegistryError(
                 f"Version {version} of '{settings.model_name}' holds no '{INDEX_ARTIFACT_KEY}' artifact; "
                 "it was not registered by clipsearch. Register a new version with `python -m training.register`."
@@ -246,6 +261,22 @@ def download_index(settings: RegistrySettings, version: str, dest_dir: Path) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final / INDEX_ARTIFACT_KEY
+
+
+def _index_dir_of(model_dir: Path) -> Path | None:
+    """Where the pyfunc model keeps the artifact logged under INDEX_ARTIFACT_KEY (MLflow stores it under the
+    source directory's name, which need not be `index`), read from the MLmodel file."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        relative = mlmodel["flavors"]["python_function"]["artifacts"][INDEX_ARTIFACT_KEY]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    path = (model_dir / relative).resolve()
+    if not path.is_dir() or not path.is_relative_to(model_dir.resolve()):
+        return None
+    return path
 
 
 def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
