@@ -36,7 +36,9 @@ def search(
     query: Annotated[str, typer.Argument(help='What to look for, e.g. "a foggy forest at dawn".')],
     k: Annotated[int, typer.Option(min=1, max=100, help="How many results to show.")] = 4,
     candidates: Annotated[int, typer.Option(min=1, max=1000, help="How many nearest neighbours to consider.")] = 10,
-    index_dir: Annotated[Path | None, typer.Option(help="Index artifact directory (default: index.output_dir).")] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="Index artifact directory (default: index.output_dir).")
+    ] = None,
     rerank: Annotated[bool, typer.Option(help="Re-rank with Gemini when GEMINI_API_KEY is set.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
@@ -49,8 +51,12 @@ def search(
         settings = get_settings()
         if not query.strip():
             raise typer.BadParameter("the query is empty", param_hint="QUERY")
-        reranker, status = build_reranker(settings.rerank, settings.dataset.data_dir / "images") if rerank else (None, "off")
-        engine = load_engine(index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker)
+        reranker, status = (
+            build_reranker(settings.rerank, settings.dataset.data_dir / "images") if rerank else (None, "off")
+        )
+        engine = load_engine(
+            index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker
+        )
         result = engine.search(query, k=k, candidates=max(k, candidates), rerank=rerank)
         if as_json:
             typer.echo(
@@ -62,8 +68,14 @@ def search(
                         "rerank_fallback_reason": result.rerank_fallback_reason,
                         "timings_ms": result.timings_ms,
                         "results": [
-                            {"rank": r.rank, "photo_id": r.candidate.photo_id, "score": r.candidate.score,
-                             "image_url": r.candidate.image_url, "description": r.candidate.description, "reason": r.reason}
+                            {
+                                "rank": r.rank,
+                                "photo_id": r.candidate.photo_id,
+                                "score": r.candidate.score,
+                                "image_url": r.candidate.image_url,
+                                "description": r.candidate.description,
+                                "reason": r.reason,
+                            }
                             for r in result.results
                         ],
                     },

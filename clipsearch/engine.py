@@ -91,7 +91,9 @@ class SearchEngine:
             outcome = self.reranker.rerank(query, pool, k)
         else:
             outcome = RerankOutcome(
-                results=clip_order(pool, k), applied=False, fallback_reason="not_requested" if not rerank else "disabled"
+                results=clip_order(pool, k),
+                applied=False,
+                fallback_reason="not_requested" if not rerank else "disabled",
             )
         t2 = time.perf_counter()
         return SearchResult(

@@ -31,7 +31,9 @@ class IndexSearchModel(PythonModel):
             settings = settings.model_copy(update={"pretrained": manifest.model.pretrained})
         self.engine = load_engine(index_dir, ClipEncoder(settings))
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         k = int((params or {}).get("k", 4))
         rows: list[dict[str, Any]] = []
         for query in model_input["query"].astype(str):

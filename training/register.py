@@ -22,7 +22,18 @@ from clipsearch.registry import register_index
 from clipsearch.settings import get_settings
 
 # What `mlflow.pyfunc.load_model` needs to serve the registered model; pinned to this environment's versions.
-RUNTIME_PACKAGES = ("torch", "torchvision", "open-clip-torch", "faiss-cpu", "numpy", "pandas", "pyarrow", "pillow", "pydantic-settings", "mlflow")
+RUNTIME_PACKAGES = (
+    "torch",
+    "torchvision",
+    "open-clip-torch",
+    "faiss-cpu",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pillow",
+    "pydantic-settings",
+    "mlflow",
+)
 
 
 def pinned_requirements() -> list[str]:

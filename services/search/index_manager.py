@@ -50,7 +50,9 @@ class ServingIndex:
 class IndexManager:
     """Owns the encoder (loaded once) and the currently served index; follows the registry alias."""
 
-    def __init__(self, settings: Settings, encoder: ClipEncoder, reranker: Reranker, on_swap: list | None = None) -> None:
+    def __init__(
+        self, settings: Settings, encoder: ClipEncoder, reranker: Reranker, on_swap: list | None = None
+    ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.reranker = reranker
@@ -80,8 +82,12 @@ class IndexManager:
             self._write_pointer(serving)
         log.info(
             "serving index",
-            extra={"index_version": serving.index_version, "registry_version": serving.registry_version, "stale": stale,
-                   "previous": previous.index_version if previous else None},
+            extra={
+                "index_version": serving.index_version,
+                "registry_version": serving.registry_version,
+                "stale": stale,
+                "previous": previous.index_version if previous else None,
+            },
         )
         for listener in self._listeners:
             listener(serving, stale)
@@ -89,13 +95,22 @@ class IndexManager:
     def _write_pointer(self, serving: ServingIndex) -> None:
         pointer = self.cache_dir / CURRENT_POINTER
         tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"registry_version": serving.registry_version, "path": str(serving.path),
-                                   "index_version": serving.index_version}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "registry_version": serving.registry_version,
+                    "path": str(serving.path),
+                    "index_version": serving.index_version,
+                }
+            )
+        )
         tmp.replace(pointer)
         self._prune(keep=serving.path.parent)
 
     def _prune(self, keep: Path) -> None:
-        versions = sorted((p for p in self.cache_dir.glob("v*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        versions = sorted(
+            (p for p in self.cache_dir.glob("v*") if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True
+        )
         for old in versions[KEEP_VERSIONS:]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,9 @@ class SearchRequest(BaseModel):
     q: str = Field(..., description="What to look for, in plain words.", examples=["a foggy forest at dawn"])
     k: int = Field(4, description="How many results to return.")
     candidates: int = Field(10, description="How many nearest neighbours the re-ranker chooses from.")
-    rerank: RerankMode = Field("auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order.")
+    rerank: RerankMode = Field(
+        "auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order."
+    )
 
 
 class SearchHit(BaseModel):
@@ -36,14 +38,19 @@ class SearchHit(BaseModel):
 class RerankInfo(BaseModel):
     requested: RerankMode
     applied: bool
-    fallback_reason: str | None = Field(None, description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, error.")
+    fallback_reason: str | None = Field(
+        None,
+        description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, error.",
+    )
     detail: str | None = None
     model: str | None = None
 
 
 class SearchResponse(BaseModel):
     query: str
-    query_truncated: bool = Field(..., description="True when the query was longer than CLIP's 77-token context and was cut.")
+    query_truncated: bool = Field(
+        ..., description="True when the query was longer than CLIP's 77-token context and was cut."
+    )
     results: list[SearchHit]
     timings_ms: dict[str, float]
     rerank: RerankInfo

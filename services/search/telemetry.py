@@ -21,7 +21,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-RERANK_OUTCOMES = ("applied", "timeout", "quota", "overloaded", "blocked", "invalid_output", "breaker_open", "disabled", "not_requested", "error")
+RERANK_OUTCOMES = (
+    "applied",
+    "timeout",
+    "quota",
+    "overloaded",
+    "blocked",
+    "invalid_output",
+    "breaker_open",
+    "disabled",
+    "not_requested",
+    "error",
+)
 
 
 class Metrics:
@@ -30,36 +41,68 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("clipsearch_requests", "HTTP requests by route and status.", ["route", "status"], registry=r)
+        self.requests = Counter(
+            "clipsearch_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
         self.request_latency = Histogram(
-            "clipsearch_request_latency_seconds", "HTTP request latency by route.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "clipsearch_request_latency_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.stage_latency = Histogram(
-            "clipsearch_stage_latency_seconds", "Search latency per stage (encode, search, rerank, total).", ["stage"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "clipsearch_stage_latency_seconds",
+            "Search latency per stage (encode, search, rerank, total).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
-        self.rerank_outcomes = Counter("clipsearch_rerank_outcomes", "Re-rank outcomes by reason.", ["outcome"], registry=r)
+        self.rerank_outcomes = Counter(
+            "clipsearch_rerank_outcomes", "Re-rank outcomes by reason.", ["outcome"], registry=r
+        )
         self.gemini_tokens = Counter("clipsearch_gemini_tokens", "Gemini tokens by kind.", ["kind"], registry=r)
         self.gemini_cost = Counter("clipsearch_gemini_cost_usd", "Estimated Gemini spend in USD.", registry=r)
-        self.gemini_requests = Counter("clipsearch_gemini_requests", "HTTP calls made to Gemini (retries included).", registry=r)
-        self.gemini_quota_rpm = Gauge("clipsearch_gemini_quota_requests_per_minute", "Configured Gemini RPM quota.", registry=r)
-        self.index_info = Gauge("clipsearch_index_info", "The index version being served (value 1).", ["version", "registry_version"], registry=r)
+        self.gemini_requests = Counter(
+            "clipsearch_gemini_requests", "HTTP calls made to Gemini (retries included).", registry=r
+        )
+        self.gemini_quota_rpm = Gauge(
+            "clipsearch_gemini_quota_requests_per_minute", "Configured Gemini RPM quota.", registry=r
+        )
+        self.index_info = Gauge(
+            "clipsearch_index_info",
+            "The index version being served (value 1).",
+            ["version", "registry_version"],
+            registry=r,
+        )
         self.index_size = Gauge("clipsearch_index_size", "Vectors in the served index.", registry=r)
-        self.index_stale = Gauge("clipsearch_index_stale", "1 when a cached index is served because the registry is unreachable.", registry=r)
+        self.index_stale = Gauge(
+            "clipsearch_index_stale", "1 when a cached index is served because the registry is unreachable.", registry=r
+        )
         self.index_swaps = Counter("clipsearch_index_swaps", "Index versions loaded and swapped in.", registry=r)
-        self.index_refusals = Counter("clipsearch_index_refusals", "Index versions refused (verification or model mismatch).", registry=r)
-        self.drift_score = Gauge("clipsearch_drift_score", "Latest embedding drift score of recent queries vs the reference.", registry=r)
-        self.drift_detected = Gauge("clipsearch_drift_detected", "1 when the latest drift check detected drift.", registry=r)
+        self.index_refusals = Counter(
+            "clipsearch_index_refusals", "Index versions refused (verification or model mismatch).", registry=r
+        )
+        self.drift_score = Gauge(
+            "clipsearch_drift_score", "Latest embedding drift score of recent queries vs the reference.", registry=r
+        )
+        self.drift_detected = Gauge(
+            "clipsearch_drift_detected", "1 when the latest drift check detected drift.", registry=r
+        )
         self.top1_similarity = Histogram(
-            "clipsearch_top1_similarity", "Cosine similarity of each query's best result.",
-            buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0), registry=r,
+            "clipsearch_top1_similarity",
+            "Cosine similarity of each query's best result.",
+            buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0),
+            registry=r,
         )
         for outcome in RERANK_OUTCOMES:
             self.rerank_outcomes.labels(outcome=outcome)
         for kind in ("prompt", "output"):
             self.gemini_tokens.labels(kind=kind)
 
-    def observe_search(self, timings_ms: Mapping[str, float], outcome: str, usage: Mapping[str, float], top1: float | None) -> None:
+    def observe_search(
+        self, timings_ms: Mapping[str, float], outcome: str, usage: Mapping[str, float], top1: float | None
+    ) -> None:
         for stage, ms in timings_ms.items():
             self.stage_latency.labels(stage=stage).observe(ms / 1000.0)
         self.rerank_outcomes.labels(outcome=outcome).inc()

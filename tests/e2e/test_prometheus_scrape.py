@@ -32,8 +32,12 @@ def test_prometheus_scrapes_the_service_and_answers_p95(live_service: LiveServic
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-           f"--web.listen-address=127.0.0.1:{port}"]
+    cmd = [
+        prometheus,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     with running(cmd, f"{base}/-/ready", tmp_path / "prometheus.log", timeout_s=60):
         deadline = time.monotonic() + 60
         value = None

@@ -36,16 +36,30 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None =
             pass
         time.sleep(0.25)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise RuntimeError(f"{url} did not come up within {timeout_s}s (exit code {proc.poll() if proc else None}):\n{tail}")
+    raise RuntimeError(
+        f"{url} did not come up within {timeout_s}s (exit code {proc.poll() if proc else None}):\n{tail}"
+    )
 
 
 @contextmanager
-def running(cmd: list[str], health_url: str, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout_s: float = 90.0) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    cmd: list[str],
+    health_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 90.0,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `cmd` in its own process group until the block ends; wait for `health_url` first."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
         try:
             wait_http(health_url, timeout_s, proc, log)
             yield proc
@@ -65,11 +79,19 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
-        str(BIN / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-        "--artifacts-destination", str(workdir / "artifacts"),
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
         "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     url = f"http://127.0.0.1:{port}"
     with running(cmd, f"{url}/health", workdir / "mlflow-server.log", timeout_s=120.0):

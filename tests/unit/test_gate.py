@@ -12,7 +12,9 @@ def test_first_challenger_passes_without_champion():
 
 
 def test_equal_or_better_passes():
-    passed, reasons = gate({"ndcg_at_4": 0.5, "precision_at_4": 0.41}, {"ndcg_at_4": 0.5, "precision_at_4": 0.4}, METRICS, 0.0)
+    passed, reasons = gate(
+        {"ndcg_at_4": 0.5, "precision_at_4": 0.41}, {"ndcg_at_4": 0.5, "precision_at_4": 0.4}, METRICS, 0.0
+    )
     assert passed
     assert all(line.endswith("ok") for line in reasons)
 
