@@ -4,7 +4,6 @@ against the generated Unsplash Lite fixture served on 127.0.0.1."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +14,8 @@ import pytest
 import yaml
 
 from tests.support.processes import mlflow_server
+from tests.support.repo_copy import copy_repo
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -51,27 +50,6 @@ class PipelineRepo:
         for section, values in sections.items():
             params[section].update(values)
         path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def copy_repo(dest: Path) -> None:
-    """Copy the tracked (and new, unignored) files of this repo, as a fresh clone would have them."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, files):
-        src = REPO / name
-        if src.is_file():
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, target)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
 @pytest.fixture(scope="session")
