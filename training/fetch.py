@@ -97,9 +97,8 @@ def offline_message(url: str, exc: BaseException) -> str:
         f"Could not connect to {url} ({type(exc).__name__}: {str(exc) or 'no detail'}). This machine may be offline, "
         "or a firewall/proxy blocks the host. To run without internet, serve a copy of the Unsplash Lite zip "
         "on your network and point the pipeline at it with CLIPSEARCH_DATASET__URL=http://<mirror>/<file>.zip "
-        "(or dataset.url in params.yaml); for a local trial run, start the fixture server with "
-        "`python -m tests.fixtures.unsplash_lite --out /tmp/lite --serve --port 8765` and set "
-        "CLIPSEARCH_DATASET__URL=http://127.0.0.1:8765/lite.zip."
+        "(or dataset.url in params.yaml). To try the whole loop offline on a generated fixture and a tiny "
+        "model, run `make fixture-run`."
     )
 
 
