@@ -394,26 +394,35 @@ class DriftMonitor:
                     f"a drift check needs at least {needed}"
                 )
                 return None
-            try:
-                result, page = compute_drift(
-                    reference,
-                    current,
-                    method=self.method,
-                    html=self.html,
-                    max_rows=self.max_rows,
-                    top1=top1,
-                    index_version=version,
-                    threads=self.threads,
-                )
-            except DriftInputError as exc:
-                self._set_reason(str(exc))
+            checked = self._check(reference, current, top1, version, html=self.html)
+            if checked is None:
                 return None
+            result, page = checked
             with self._lock:
                 if self._reference is not reference:  # swapped while computing: this result is for the old one
                     return None
                 self._latest, self._latest_html, self._reason = result, page, None
             log.info("drift check: %s", result.summary())
             return result
+
+    def _check(
+        self, reference: np.ndarray, current: np.ndarray, top1: np.ndarray, version: str | None, *, html: bool
+    ) -> tuple[DriftResult, str | None] | None:
+        """Run Evidently on one window; None (with `reason` set) when the inputs cannot be compared."""
+        try:
+            return compute_drift(
+                reference,
+                current,
+                method=self.method,
+                html=html,
+                max_rows=self.max_rows,
+                top1=top1,
+                index_version=version,
+                threads=self.threads,
+            )
+        except DriftInputError as exc:
+            self._set_reason(str(exc))
+            return None
 
     def render_html(self) -> str | None:
         """Evidently's HTML report for the latest check, built on demand (its t-SNE costs seconds of CPU, so a
@@ -425,20 +434,10 @@ class DriftMonitor:
         if reference is None:
             return None
         current, top1 = self._window()
-        try:
-            _, page = compute_drift(
-                reference,
-                current,
-                method=self.method,
-                html=True,
-                max_rows=self.max_rows,
-                top1=top1,
-                index_version=version,
-                threads=self.threads,
-            )
-        except DriftInputError as exc:
-            self._set_reason(str(exc))
+        checked = self._check(reference, current, top1, version, html=True)
+        if checked is None:
             return None
+        page = checked[1]
         with self._lock:
             if self._reference is reference:
                 self._latest_html = page
