@@ -155,6 +155,10 @@ def register_index(
     import mlflow
 
     client = client_for(settings)
+    with registry_errors(settings, "register the index"):
+        # The run belongs to the evaluation experiment; a process that set another active experiment earlier
+        # (the drift job, a notebook) must not make MLflow refuse to resume it.
+        mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with registry_errors(settings, "register the index"), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="index",
