@@ -1,0 +1,1 @@
+"""Benchmarks for clipsearch: each script measures, prints a table and writes JSON under benchmarks/results/."""
