@@ -8,6 +8,7 @@ when a new index version arrives, so a request never mixes two versions.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ import numpy as np
 
 from clipsearch.errors import ArtifactError
 from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
-from clipsearch.types import RerankOutcome, SearchResult
+from clipsearch.types import Candidate, RerankOutcome, SearchResult
 
 if TYPE_CHECKING:
     from clipsearch.encoder import ClipEncoder
@@ -51,8 +52,17 @@ class SearchEngine:
 
     def encode_query(self, query: str) -> QueryVector:
         """Encode one query (EOT-truncated text path); report whether it exceeded CLIP's context."""
-        vectors, truncated = self.encoder.encode_text_with_flags([query])
-        return QueryVector(vector=vectors[0], truncated=truncated[0])
+        return self.encode_queries([query])[0]
+
+    def encode_queries(self, queries: Sequence[str]) -> list[QueryVector]:
+        """Encode a batch of queries in one forward pass (the service micro-batches concurrent requests)."""
+        vectors, truncated = self.encoder.encode_text_with_flags(list(queries))
+        return [QueryVector(vector=v, truncated=t) for v, t in zip(vectors, truncated, strict=True)]
+
+    def retrieve(self, vectors: np.ndarray, candidates: int) -> list[list[Candidate]]:
+        """The nearest `candidates` photos for each row of `vectors`, in one batched index search."""
+        scores, rows = self.artifact.index.search(np.asarray(vectors, dtype=np.float32), candidates)
+        return [self.artifact.candidates_for(r, s) for r, s in zip(rows, scores, strict=True)]
 
     def search(self, query: str, k: int = 4, candidates: int = 10, rerank: bool = True) -> SearchResult:
         """Answer one query: the best `k` of the index's top `candidates`, re-ranked when asked and possible."""
@@ -82,11 +92,33 @@ class SearchEngine:
     ) -> SearchResult:
         """The part of `search` after encoding, for callers that encode in batches or cache embeddings."""
         start = started_at if started_at is not None else time.perf_counter()
-        n_candidates = max(k, candidates)
         t0 = time.perf_counter()
-        scores, rows = self.artifact.index.search(encoded.vector[None, :].astype(np.float32, copy=False), n_candidates)
-        pool = self.artifact.candidates_for(rows[0], scores[0])
-        t1 = time.perf_counter()
+        pool = self.retrieve(encoded.vector[None, :], max(k, candidates))[0]
+        search_ms = (time.perf_counter() - t0) * 1000.0
+        return self.rank(
+            query,
+            encoded,
+            pool,
+            k=k,
+            rerank=rerank,
+            started_at=start,
+            timings_ms={"encode": encode_ms, "search": search_ms},
+        )
+
+    def rank(
+        self,
+        query: str,
+        encoded: QueryVector,
+        pool: list[Candidate],
+        *,
+        k: int,
+        rerank: bool,
+        started_at: float,
+        timings_ms: dict[str, float],
+    ) -> SearchResult:
+        """Re-rank the retrieved pool (or keep CLIP order) and assemble the result; `timings_ms` gains
+        `rerank` and `total` (measured from `started_at`)."""
+        t0 = time.perf_counter()
         if rerank and not isinstance(self.reranker, NoopReranker) and pool:
             outcome = self.reranker.rerank(query, pool, k)
         else:
@@ -95,16 +127,11 @@ class SearchEngine:
                 applied=False,
                 fallback_reason="not_requested" if not rerank else "disabled",
             )
-        t2 = time.perf_counter()
+        done = time.perf_counter()
         return SearchResult(
             results=outcome.results,
             query=query,
-            timings_ms={
-                "encode": encode_ms,
-                "search": (t1 - t0) * 1000.0,
-                "rerank": (t2 - t1) * 1000.0,
-                "total": (t2 - start) * 1000.0,
-            },
+            timings_ms={**timings_ms, "rerank": (done - t0) * 1000.0, "total": (done - started_at) * 1000.0},
             rerank_applied=outcome.applied,
             rerank_fallback_reason=None if outcome.applied else outcome.fallback_reason,
             query_truncated=encoded.truncated,

@@ -162,6 +162,9 @@ class ServiceSettings(BaseModel):
     drift_interval_s: float = Field(300.0, gt=0)
     drift_min_queries: int = Field(50, ge=2)
     ui_enabled: bool = True
+    batch_max_size: int = Field(32, ge=1, le=1024, description="Concurrent queries encoded and searched together.")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=100, description="How long a query waits for company.")
+    embedding_cache_size: int = Field(4096, ge=0, description="Repeated query texts skip the encoder (LRU).")
 
 
 class Settings(BaseSettings):

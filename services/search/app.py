@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -33,6 +33,7 @@ from clipsearch.rerank.gemini import build_reranker
 from clipsearch.settings import Settings, get_settings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
+from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.schemas import (
@@ -73,6 +74,11 @@ class ServiceState:
         )
         self.index = IndexManager(settings, self.encoder, reranker, on_swap=[self._on_swap])
         self.encoder_ready = False
+        self.batcher = QueryBatcher(
+            max_batch=settings.service.batch_max_size,
+            max_wait_ms=settings.service.batch_max_wait_ms,
+            cache_size=settings.service.embedding_cache_size,
+        )
         self.tasks: list[asyncio.Task[None]] = []
 
     def _on_swap(self, serving: ServingIndex, stale: bool) -> None:
@@ -112,6 +118,7 @@ class ServiceState:
         self.metrics.drift_detected.set(1 if getattr(result, "drift_detected", False) else 0)
 
     async def stop(self) -> None:
+        self.batcher.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -119,14 +126,15 @@ class ServiceState:
                 await task
 
 
-def state(request: Request) -> ServiceState:
+async def state(request: Request) -> ServiceState:
+    # async: FastAPI would run a plain `def` dependency in its threadpool, a needless hop per request
     return request.app.state.service
 
 
 StateDep = Annotated[ServiceState, Depends(state)]
 
 
-def serving_index(svc: StateDep) -> ServingIndex:
+async def serving_index(svc: StateDep) -> ServingIndex:
     """The index this request will use from start to end (a single reference: swaps cannot split it)."""
     current = svc.index.current
     if current is None or not svc.encoder_ready:
@@ -270,16 +278,20 @@ def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: 
     return text
 
 
-def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest) -> SearchResponse:
+async def _run_search(
+    svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
+) -> SearchResponse:
+    """Validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
     text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
     engine = serving.engine
     start = time.perf_counter()
-    encoded = engine.encode_query(text)
-    encode_ms = (time.perf_counter() - start) * 1000.0
+    got = await svc.batcher.retrieve(engine, text, max(body.k, body.candidates))
+    encoded = got.encoded
     use_rerank = body.rerank != "off" and svc.rerank_available
-    result: SearchResult = engine.search_vector(
-        text, encoded, k=body.k, candidates=body.candidates, rerank=use_rerank, started_at=start, encode_ms=encode_ms
+    rank = partial(
+        engine.rank, text, encoded, got.pool, k=body.k, rerank=use_rerank, started_at=start, timings_ms=got.timings_ms
     )
+    result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
     top1 = result.results[0].candidate.score if result.results else None
     if result.rerank_applied:
         outcome = "applied"
@@ -343,7 +355,7 @@ def _thumbnail(path: str, mtime: float) -> bytes:
 
 def _install_routes(app: FastAPI, settings: Settings) -> None:
     @app.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
-    def search_get(
+    async def search_get(
         request: Request,
         svc: StateDep,
         serving: ServingDep,
@@ -354,11 +366,11 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         ] = settings.search.candidates,
         rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
     ) -> SearchResponse:
-        return _run_search(svc, serving, request, SearchRequest(q=q, k=k, candidates=candidates, rerank=rerank))
+        return await _run_search(svc, serving, request, SearchRequest(q=q, k=k, candidates=candidates, rerank=rerank))
 
     @app.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
-    def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
-        return _run_search(svc, serving, request, body)
+    async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
+        return await _run_search(svc, serving, request, body)
 
     @app.get(
         "/images/{photo_id}",
