@@ -6,10 +6,14 @@ a local file (random weights of the real architecture: same cost as pretrained).
 requests (`rerank=off`); `benchmarks/bench_rerank.py` measures it.
 
 - cold start: process start -> `/readyz` 200 (imports, weight load + hash, registry pull, verify, warm-up).
-- single client: sequential requests, each query distinct (the service has no embedding cache to hit).
+- single client: sequential requests, each query distinct.
 - load: an open-loop asyncio generator sends at a fixed rate for `--duration` s; latency counts from the
   scheduled send time, so a backlog shows up as latency (no coordinated omission). The generator shares the
   2 cores with the service, so these figures are pessimistic for a dedicated node.
+
+Every query text is distinct across all steps, and the service's embedding cache is off by default here
+(`--cache-size 0`), so the figures are the model path: the service's micro-batcher (concurrent queries
+encoded and searched together, `service.batch_max_size` / `batch_max_wait_ms`) is on as configured.
 
     python -m benchmarks.bench_service [--size 25000] [--rates 30,60] [--duration 20] \
         [--text-precision fp32|bf16] [--exact-backend numpy|faiss]
@@ -104,7 +108,7 @@ def single_client(base_url: str, n: int) -> dict[str, Any]:
     return {"variant": "single client, sequential", **percentiles_ms(times), **stages}
 
 
-async def _open_loop(base_url: str, rate: float, duration_s: float) -> dict[str, Any]:
+async def _open_loop(base_url: str, rate: float, duration_s: float, offset: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -112,7 +116,7 @@ async def _open_loop(base_url: str, rate: float, duration_s: float) -> dict[str,
 
         async def one(i: int, scheduled: float) -> None:
             try:
-                r = await client.get("/search", params={"q": _query(i), "rerank": "off"})
+                r = await client.get("/search", params={"q": _query(offset + i), "rerank": "off"})
                 if r.status_code != 200:
                     errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
                     return
@@ -142,6 +146,14 @@ async def _open_loop(base_url: str, rate: float, duration_s: float) -> dict[str,
     }
 
 
+def _batching_settings() -> dict[str, Any]:
+    from clipsearch.settings import ServiceSettings
+
+    fields = ("batch_max_size", "batch_max_wait_ms")
+    defaults = ServiceSettings()
+    return {f: getattr(defaults, f) for f in fields if hasattr(defaults, f)} or {"micro_batching": "none"}
+
+
 def drain(base_url: str, timeout_s: float = 120.0) -> None:
     """Wait until the service has worked off a backlog (requests the load generator gave up on still run)."""
     deadline = time.monotonic() + timeout_s
@@ -155,7 +167,13 @@ def drain(base_url: str, timeout_s: float = 120.0) -> None:
 
 
 def run(
-    size: int, rates: list[float], duration_s: float, n_single: int, text_precision: str, exact_backend: str
+    size: int,
+    rates: list[float],
+    duration_s: float,
+    n_single: int,
+    text_precision: str,
+    exact_backend: str,
+    cache_size: int,
 ) -> dict[str, Any]:
     import psutil
 
@@ -181,6 +199,7 @@ def run(
             "CLIPSEARCH_SERVICE__CACHE_DIR": str(workdir / "cache"),
             "CLIPSEARCH_SERVICE__POLL_INTERVAL_S": "3600",
             "CLIPSEARCH_RERANK__ENABLED": "false",
+            "CLIPSEARCH_SERVICE__EMBEDDING_CACHE_SIZE": str(cache_size),
         }
         env.pop("GEMINI_API_KEY", None)
         cmd = [str(BIN / "uvicorn"), "services.search.app:app", "--host", "127.0.0.1", "--port", str(port)]
@@ -195,8 +214,8 @@ def run(
             print(f"service ready in {cold_start_s:.1f} s (registry version {version})", flush=True)
             rss_ready = rss_mb(proc.pid)
             rows = [single_client(base_url, n_single)]
-            for rate in rates:
-                rows.append(asyncio.run(_open_loop(base_url, rate, duration_s)))
+            for step, rate in enumerate(rates, start=1):
+                rows.append(asyncio.run(_open_loop(base_url, rate, duration_s, offset=step * 100_000)))
                 drain(base_url)
             rss_after = rss_mb(proc.pid)
             peak = psutil.Process(proc.pid).memory_info()
@@ -213,8 +232,9 @@ def run(
         "text_precision": text_precision,
         "exact_backend": exact_backend,
         "rerank": "off",
-        "embedding_cache": "none (every query distinct; the service has none)",
-        "micro_batching": "none",
+        "embedding_cache_size": cache_size,
+        "queries": "all distinct",
+        "service_batching": _batching_settings(),
         "cold_start_s": round(cold_start_s, 2),
         "rss_ready_mb": round(rss_ready, 1),
         "rss_after_load_mb": round(rss_after, 1),
@@ -232,10 +252,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single", type=int, default=150, help="sequential single-client requests")
     parser.add_argument("--text-precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--exact-backend", choices=["numpy", "faiss"], default="numpy")
+    parser.add_argument("--cache-size", type=int, default=0, help="service.embedding_cache_size (0 = off)")
     parser.add_argument("--name", default="", help="result file name (default service_<precision>_<backend>)")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r]
-    result = run(args.size, rates, args.duration, args.single, args.text_precision, args.exact_backend)
+    result = run(args.size, rates, args.duration, args.single, args.text_precision, args.exact_backend, args.cache_size)
     cols = ["variant", "n", "completed_rps", "errors", "p50_ms", "p95_ms", "p99_ms", "max_ms"]
     print_table(
         result["results"], cols, f"service, {args.size} vectors, rerank off, {args.text_precision}/{args.exact_backend}"

@@ -67,7 +67,12 @@ def lines(results_dir: Path = RESULTS_DIR) -> list[str]:
         svc = _load(name, results_dir)
         if not svc:
             continue
-        label = f"{svc['text_precision']} text, exact {svc['exact_backend']}, no cache, no batching"
+        batching = svc.get("service_batching", {})
+        label = (
+            f"{svc['text_precision']} text, exact {svc['exact_backend']}, "
+            f"embedding cache {svc.get('embedding_cache_size', 'n/a')}, "
+            f"micro-batch {batching.get('batch_max_size', 'off')}"
+        )
         single = svc["results"][0]
         out.append(
             f"| service single client p95 <= 25 ms | p50 {single['p50_ms']} ms, p95 {single['p95_ms']} ms | {label} | |"
