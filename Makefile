@@ -6,7 +6,7 @@ TOOLS := .venv-tools
 BIN := $(VENV)/bin
 QUERY ?= a foggy forest at dawn
 
-.PHONY: setup tools system-deps lint test test-unit test-e2e run fixture-run clean
+.PHONY: setup tools system-deps lint test test-unit test-e2e run fixture-run bench clean
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -53,6 +53,17 @@ run: setup
 # proves the whole loop on a machine that cannot reach unsplash.com or Hugging Face.
 fixture-run: setup
 	$(BIN)/python -m tests.fixtures.run_fixture_pipeline --query "$(QUERY)"
+
+# Benchmarks print tables and write benchmarks/results/*.json; the last command prints target vs measured.
+bench: setup
+	$(BIN)/python -m benchmarks.bench_text_encode
+	$(BIN)/python -m benchmarks.bench_search --size 25000 --data clustered
+	$(BIN)/python -m benchmarks.bench_search --size 25000 --data diffuse
+	$(BIN)/python -m benchmarks.bench_search --size 1000000 --no-hnsw --data diffuse
+	$(BIN)/python -m benchmarks.bench_service --text-precision bf16 --exact-backend faiss --rates 20,40,60 --duration 15
+	$(BIN)/python -m benchmarks.bench_rerank
+	$(BIN)/python -m benchmarks.bench_embed
+	$(BIN)/python -m benchmarks.report
 
 clean:
 	rm -rf data reports metrics.json mlflow.db mlruns mlartifacts
