@@ -28,13 +28,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.encoder import ClipEncoder
+from clipsearch.errors import ClipsearchError
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import build_reranker
 from clipsearch.settings import Settings, get_settings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
 from services.search.batching import QueryBatcher
-from services.search.drift import DriftMonitor
+from services.search.drift import DriftMonitor, DriftResult
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.schemas import (
     DriftResponse,
@@ -80,9 +81,13 @@ class ServiceState:
             cache_size=settings.service.embedding_cache_size,
         )
         self.tasks: list[asyncio.Task[None]] = []
+        self._drift_reference_of: str | None = None
 
     def _on_swap(self, serving: ServingIndex, stale: bool) -> None:
         self.metrics.set_index(serving.index_version, serving.registry_version, len(serving.engine.artifact), stale)
+        if serving.index_version == self._drift_reference_of:
+            return  # the same index re-published (e.g. no longer stale): keep the drift window and result
+        self._drift_reference_of = serving.index_version
         self.metrics.index_swaps.inc()
         artifact = serving.engine.artifact
         self.drift.set_reference(
@@ -93,29 +98,41 @@ class ServiceState:
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
-        self.tasks.append(
-            asyncio.create_task(
-                self.index.follow(self.settings.service.poll_interval_s, on_refusal=[self.metrics.index_refusals.inc])
-            )
-        )
+        self.tasks.append(asyncio.create_task(self._follow(self.settings.service.poll_interval_s)))
         self.tasks.append(
             asyncio.create_task(self.drift.run_periodically(self.settings.service.drift_interval_s, self._on_drift))
         )
 
     def _load(self) -> None:
-        try:
-            self.encoder.load()
-            self.encoder.warmup()
-            self.encoder_ready = True
-        except Exception as exc:
-            self.index.not_ready_reason = f"the CLIP encoder could not be loaded: {exc}"
-            log.error("encoder load failed", extra={"reason": str(exc)})
-            return
+        """Start-up, and its retries: the encoder first (once it works), then the champion or the cache."""
+        if not self.encoder_ready:
+            try:
+                self.encoder.load()
+                self.encoder.warmup()
+                self.encoder_ready = True
+            except Exception as exc:
+                self.index.not_ready_reason = f"the CLIP encoder could not be loaded: {exc}"
+                log.error("encoder load failed", extra={"reason": str(exc)})
+                return
         self.index.load_initial()
 
-    def _on_drift(self, result: object) -> None:
-        self.metrics.drift_score.set(getattr(result, "drift_score", float("nan")))
-        self.metrics.drift_detected.set(1 if getattr(result, "drift_detected", False) else 0)
+    async def _follow(self, interval_s: float) -> None:
+        """Poll the registry alias forever; retry start-up while not ready. Never dies on an error."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.index.current is None:
+                    await asyncio.to_thread(self._load)
+                else:
+                    await asyncio.to_thread(self.index.check_for_update)
+            except ClipsearchError:
+                self.metrics.index_refusals.inc()
+            except Exception:
+                log.exception("index follow loop error")
+
+    def _on_drift(self, result: DriftResult) -> None:
+        self.metrics.drift_score.set(result.drift_score)
+        self.metrics.drift_detected.set(1 if result.drift_detected else 0)
 
     async def stop(self) -> None:
         self.batcher.close()
@@ -471,8 +488,6 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         dependencies=[Depends(require_admin)],
     )
     async def reload(svc: StateDep) -> dict[str, str | None]:
-        from clipsearch.errors import ClipsearchError
-
         try:
             outcome = await asyncio.to_thread(svc.index.check_for_update, True)
         except ClipsearchError as exc:

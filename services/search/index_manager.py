@@ -10,12 +10,12 @@ flagged `stale`; with no cache the service stays not-ready and says why.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,11 @@ class IndexManager:
     """Owns the encoder (loaded once) and the currently served index; follows the registry alias."""
 
     def __init__(
-        self, settings: Settings, encoder: ClipEncoder, reranker: Reranker, on_swap: list | None = None
+        self,
+        settings: Settings,
+        encoder: ClipEncoder,
+        reranker: Reranker,
+        on_swap: list[Callable[[ServingIndex, bool], None]] | None = None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
@@ -175,18 +179,3 @@ class IndexManager:
             raise
         self._publish(serving, stale=False)
         return f"now serving version {version.version} ({serving.index_version})"
-
-    async def follow(self, interval_s: float, on_refusal: list | None = None) -> None:
-        """Poll the alias forever (a background task); never dies on an error."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                if self.current is None:
-                    await asyncio.to_thread(self.load_initial)
-                else:
-                    await asyncio.to_thread(self.check_for_update)
-            except ClipsearchError:
-                for callback in on_refusal or []:
-                    callback()
-            except Exception:
-                log.exception("index follow loop error")
