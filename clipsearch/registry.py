@@ -165,6 +165,7 @@ def register_index(
             python_model=str(MODEL_CODE),
             artifacts={INDEX_ARTIFACT_KEY: str(index_dir)},
             registered_model_name=settings.model_name,
+            signature=_signature(),
             pip_requirements=pip_requirements,
             tags=dict(tags or {}),
         )
@@ -175,6 +176,25 @@ def register_index(
     log.info("registered %s version %s as @%s", settings.model_name, version, settings.challenger_alias)
     return RegisteredVersion(
         settings.model_name, version, run_id, alias=settings.challenger_alias, tags=dict(tags or {})
+    )
+
+
+def _signature() -> Any:
+    """Input: a `query` column; output: one row per result; param `k` (results per query, default 4)."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "query")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "query"),
+                ColSpec("long", "rank"),
+                ColSpec("string", "photo_id"),
+                ColSpec("double", "score"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", "long", 4)]),
     )
 
 

@@ -37,6 +37,22 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     assert version.tags["index_version"] == registered["index_version"]
 
 
+def test_registered_version_loads_as_a_pyfunc_model(reproduced: PipelineRepo) -> None:
+    """What MLflow users get from the registry: a model whose predict runs the same SearchEngine."""
+    code = (
+        "import mlflow, pandas as pd, sys\n"
+        f"mlflow.set_tracking_uri({reproduced.tracking_uri!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/clipsearch-index@challenger')\n"
+        "out = m.predict(pd.DataFrame({'query': ['forest', 'red car']}), params={'k': 2})\n"
+        "print(out.to_json(orient='records'))\n"
+    )
+    out = reproduced.run(
+        str(BIN / "python"), "-c", code, env={"CLIPSEARCH_PARAMS": str(reproduced.root / "params.yaml")}
+    )
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["query"], r["rank"]) for r in rows] == [("forest", 1), ("forest", 2), ("red car", 1), ("red car", 2)]
+
+
 def test_second_repro_skips_every_stage(reproduced: PipelineRepo) -> None:
     out = reproduced.run(str(BIN / "dvc"), "repro").stdout
     for stage in STAGES:
