@@ -20,6 +20,9 @@ Why a class and not a bare `open_clip.create_model` call:
   arithmetic, so `model.text_precision: bf16` runs the EOT-truncated path on a bf16 copy of the text
   transformer: about half the time on CPUs with AVX512-BF16/AMX, cosine to fp32 >= 0.999. The model itself
   stays fp32, so image embeddings, `encode_text_padded` and the identity are unchanged. Off by default.
+- **Optional ONNX Runtime query tower.** `model.text_backend: onnx` (optionally `model.onnx_quantize: int8`)
+  runs the same EOT-truncated computation in ONNX Runtime on CPU (`clipsearch.onnx_text`): exported once per
+  weights and cached; fp32 matches torch within 1e-5, int8 has cosine >= 0.99. Off by default.
 
 The test-only architecture `clipsearch-tiny` (`model_configs/clipsearch-tiny.json`) is registered with open_clip
 when this module is imported, so `arch="clipsearch-tiny", pretrained="random"` works in any process.
@@ -53,6 +56,7 @@ from PIL import Image
 
 from clipsearch.errors import ConfigError, ModelLoadError
 from clipsearch.identity import ModelIdentity
+from clipsearch.onnx_text import OnnxTextTower, load_onnx_text_tower
 from clipsearch.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -342,6 +346,7 @@ class ClipEncoder:
         self._preprocess: ImageTransform | None = None
         self._identity: ModelIdentity | None = None
         self._text_tower: _TextTower | None = None
+        self._onnx_text: OnnxTextTower | None = None
         self._device = torch.device("cpu")
         self._precision = "fp32"
         self._dim = int(cfg["embed_dim"]) if cfg else None
@@ -400,7 +405,9 @@ class ClipEncoder:
         self._preprocess = cast(ImageTransform, open_clip.transform.image_transform_v2(preprocess_cfg, is_train=False))
         self._tokenizer = open_clip.get_tokenizer(s.arch)
         self._text_tower = self._find_text_tower(model, self._tokenizer)
-        if self._text_tower is not None and s.text_precision == "bf16":
+        if s.text_backend == "onnx":
+            self._onnx_text = self._load_onnx_text(self._text_tower, digest, device)
+        if self._text_tower is not None and s.text_precision == "bf16" and self._onnx_text is None:
             self._text_tower = _bf16_text_tower(self._text_tower, precision)
         self._dim = int(model.text_projection.shape[1]) if self._text_tower else self._probe_dim(model)
         self._context_length = int(getattr(model, "context_length", self._context_length or 77))
@@ -440,6 +447,31 @@ class ClipEncoder:
             text_projection=model.text_projection,
             attn_mask=attn_mask,
             output_dtype=model.transformer.get_cast_dtype(),
+        )
+
+    def _load_onnx_text(self, tower: _TextTower | None, digest: str, device: torch.device) -> OnnxTextTower | None:
+        """The ONNX Runtime text graph for `model.text_backend: onnx` (None on CUDA, where torch is faster)."""
+        s = self.settings
+        if device.type != "cpu":
+            log.info("model.text_backend onnx ignored on %s: the text tower runs in PyTorch there", device)
+            return None
+        if tower is None:
+            raise ConfigError(
+                f"model.text_backend 'onnx' supports classic CLIP text towers (causal mask, end-of-text pooling); "
+                f"{s.arch} has another kind. Set model.text_backend: torch."
+            )
+        if s.text_precision == "bf16":
+            log.info("model.text_precision bf16 ignored: model.text_backend onnx runs the text tower")
+        return load_onnx_text_tower(
+            tower.transformer,
+            tower.ln_final,
+            tower.text_projection,
+            tower.attn_mask,
+            arch=s.arch,
+            weights_sha256=digest,
+            quantize=s.onnx_quantize,
+            cache_dir=s.onnx_cache_dir,
+            threads=torch.get_num_threads(),
         )
 
     @staticmethod
@@ -550,6 +582,10 @@ class ClipEncoder:
                 cast_dtype = tower.transformer.get_cast_dtype()
                 x = tower.token_embedding(batch).to(cast_dtype)
                 x = x + tower.positional_embedding[:length].to(cast_dtype)
+                if self._onnx_text is not None:
+                    features = self._onnx_text(x.numpy(), eot[idx].numpy())
+                    out[idx.numpy()] = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+                    continue
                 x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
                 x = tower.ln_final(x.to(tower.output_dtype))  # a no-op unless the tower runs in bf16
                 x = x[torch.arange(x.shape[0], device=x.device), eot[idx].to(x.device)]

@@ -61,6 +61,17 @@ class ModelSettings(BaseModel):
         description="Query-encoding text tower on CPU: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX (cosine to "
         "fp32 >= 0.999); fp32 is exact. Ignored when the model already runs in fp16.",
     )
+    text_backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="Engine for the query text tower on CPU: 'onnx' runs it in ONNX Runtime (needs the [onnx] extra; "
+        "exported once per weights and cached). Same weights and identity; ignored on CUDA.",
+    )
+    onnx_quantize: Literal["none", "int8"] = Field(
+        "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."
+    )
+    onnx_cache_dir: Path | None = Field(
+        None, description="Where exported ONNX text towers are cached; default $XDG_CACHE_HOME/clipsearch/onnx."
+    )
     batch_size: int = Field(64, ge=1, le=4096)
     num_workers: int = Field(2, ge=0, le=64, description="Image decode workers that run ahead of the model.")
     cache_dir: Path | None = Field(None, description="Where open_clip caches downloaded weights.")
