@@ -1,0 +1,178 @@
+"""`/search` (GET and POST) and `/images/{photo_id}`: validation, the batched query path, image serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import time
+from functools import lru_cache, partial
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from clipsearch.settings import Settings
+from clipsearch.types import SearchResult
+from clipsearch.unsplash import photo_image_url
+from services.search.index_manager import ServingIndex
+from services.search.schemas import (
+    ErrorResponse,
+    RerankInfo,
+    RerankMode,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+from services.search.state import ServiceState, ServingDep, StateDep
+
+PHOTO_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+THUMB_PX = 320
+
+
+def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: RerankMode) -> str:
+    limits = svc.settings.service
+    text = q.strip()
+    if not text:
+        raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
+    if len(text) > limits.max_query_chars:
+        raise HTTPException(
+            422, detail=f"q: the query is {len(text)} characters; the limit is {limits.max_query_chars}"
+        )
+    if not 1 <= k <= limits.max_k:
+        raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
+    if not 1 <= candidates <= limits.max_candidates:
+        raise HTTPException(422, detail=f"candidates: must be between 1 and {limits.max_candidates}")
+    if candidates < k:
+        raise HTTPException(422, detail=f"candidates ({candidates}) must be at least k ({k})")
+    if rerank == "on" and not svc.rerank_available:
+        raise HTTPException(
+            409,
+            detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
+        )
+    return text
+
+
+async def _run_search(
+    svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
+) -> SearchResponse:
+    """Validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
+    text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    engine = serving.engine
+    start = time.perf_counter()
+    got = await svc.batcher.retrieve(engine, text, max(body.k, body.candidates))
+    encoded = got.encoded
+    use_rerank = body.rerank != "off" and svc.rerank_available
+    rank = partial(
+        engine.rank, text, encoded, got.pool, k=body.k, rerank=use_rerank, started_at=start, timings_ms=got.timings_ms
+    )
+    result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
+    top1 = result.results[0].candidate.score if result.results else None
+    if result.rerank_applied:
+        outcome = "applied"
+    elif body.rerank == "off":
+        outcome = "not_requested"
+    else:
+        outcome = result.rerank_fallback_reason or "disabled"
+    svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
+    svc.drift.record(encoded.vector, top1)
+    base = str(request.base_url).rstrip("/")
+    hits = []
+    for r in result.results:
+        c = r.candidate
+        hits.append(
+            SearchHit(
+                rank=r.rank,
+                photo_id=c.photo_id,
+                score=round(c.score, 6),
+                clip_rank=c.rank,
+                image_url=f"{base}/images/{c.photo_id}",
+                thumbnail_url=f"{base}/images/{c.photo_id}?size=thumb",
+                source_url=c.image_url,
+                description=c.description,
+                photographer=c.photographer,
+                width=c.width,
+                height=c.height,
+                reason=r.reason,
+            )
+        )
+    return SearchResponse(
+        query=text,
+        query_truncated=result.query_truncated,
+        results=hits,
+        timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
+        rerank=RerankInfo(
+            requested=body.rerank,
+            applied=result.rerank_applied,
+            fallback_reason=None
+            if result.rerank_applied
+            else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
+            detail=result.rerank_detail,
+            model=svc.settings.rerank.model if svc.rerank_available else None,
+        ),
+        index_version=serving.index_version,
+        stale=svc.index.stale,
+        request_id=request.state.request_id,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _thumbnail(path: str, mtime: float) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    rgb.thumbnail((THUMB_PX, THUMB_PX))
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def install_search_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
+    async def search_get(
+        request: Request,
+        svc: StateDep,
+        serving: ServingDep,
+        q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
+        k: Annotated[int, Query(description="Results to return.")] = settings.search.k,
+        candidates: Annotated[
+            int, Query(description="Nearest neighbours to re-rank from.")
+        ] = settings.search.candidates,
+        rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
+    ) -> SearchResponse:
+        return await _run_search(svc, serving, request, SearchRequest(q=q, k=k, candidates=candidates, rerank=rerank))
+
+    @app.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
+    async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
+        return await _run_search(svc, serving, request, body)
+
+    @app.get(
+        "/images/{photo_id}",
+        tags=["search"],
+        summary="An indexed image (local cache or a redirect to Unsplash)",
+        responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}},
+    )
+    def image(
+        photo_id: str,
+        serving: ServingDep,
+        svc: StateDep,
+        size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",
+    ) -> Response:
+        if not PHOTO_ID.fullmatch(photo_id):
+            raise HTTPException(422, detail="photo_id: not a valid Unsplash photo id")
+        try:
+            row = serving.engine.artifact.row_of(photo_id)
+        except KeyError:
+            raise HTTPException(404, detail=f"photo {photo_id} is not in the served index") from None
+        images_dir = svc.settings.service.images_dir
+        if images_dir is not None:
+            local = images_dir / f"{photo_id}.jpg"  # photo_id is validated and known to the index: never a path
+            if local.is_file():
+                if size == "thumb":
+                    data = _thumbnail(str(local), local.stat().st_mtime)
+                    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+                return FileResponse(local, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+        source = serving.engine.artifact.candidates_for([row], [0.0])[0].image_url
+        width = THUMB_PX if size == "thumb" else svc.settings.dataset.image_width * 2
+        return RedirectResponse(photo_image_url(source, width), status_code=307)

@@ -1,0 +1,130 @@
+"""The service's state (encoder, index manager, re-ranker, drift, batcher) and the dependencies that
+hand it to routes. Created in the lifespan; a request reads `ServingIndex` once (see `serving_index`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from clipsearch.encoder import ClipEncoder
+from clipsearch.errors import ClipsearchError
+from clipsearch.rerank.base import NoopReranker
+from clipsearch.rerank.gemini import build_reranker
+from clipsearch.settings import Settings
+from services.search.batching import QueryBatcher
+from services.search.drift import DriftMonitor, DriftResult
+from services.search.index_manager import IndexManager, ServingIndex
+from services.search.telemetry import Metrics
+
+log = logging.getLogger("services.search")
+
+
+class ServiceState:
+    """Everything the routes need, created in the lifespan and reached through `Depends(state)`."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.encoder = ClipEncoder.from_settings(settings.model)
+        images_dir = settings.service.images_dir
+        reranker, self.reranker_status = (
+            build_reranker(settings.rerank, images_dir)
+            if settings.rerank.enabled
+            else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
+        )
+        self.reranker = reranker
+        self.rerank_available = not isinstance(reranker, NoopReranker)
+        self.drift = DriftMonitor(
+            window=settings.service.drift_window, min_queries=settings.service.drift_min_queries, html=False
+        )
+        self.index = IndexManager(settings, self.encoder, reranker, on_swap=[self._on_swap])
+        self.encoder_ready = False
+        self.batcher = QueryBatcher(
+            max_batch=settings.service.batch_max_size,
+            max_wait_ms=settings.service.batch_max_wait_ms,
+            cache_size=settings.service.embedding_cache_size,
+        )
+        self.tasks: list[asyncio.Task[None]] = []
+        self._drift_reference_of: str | None = None
+
+    def _on_swap(self, serving: ServingIndex, stale: bool) -> None:
+        self.metrics.set_index(serving.index_version, serving.registry_version, len(serving.engine.artifact), stale)
+        if serving.index_version == self._drift_reference_of:
+            return  # the same index re-published (e.g. no longer stale): keep the drift window and result
+        self._drift_reference_of = serving.index_version
+        self.metrics.index_swaps.inc()
+        artifact = serving.engine.artifact
+        self.drift.set_reference(
+            artifact.reference_queries,
+            index_version=serving.index_version,
+            model_key=artifact.manifest.model.describe(),
+        )
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self.tasks.append(asyncio.create_task(self._follow(self.settings.service.poll_interval_s)))
+        self.tasks.append(
+            asyncio.create_task(self.drift.run_periodically(self.settings.service.drift_interval_s, self._on_drift))
+        )
+
+    def _load(self) -> None:
+        """Start-up, and its retries: the encoder first (once it works), then the champion or the cache."""
+        if not self.encoder_ready:
+            try:
+                self.encoder.load()
+                self.encoder.warmup()
+                self.encoder_ready = True
+            except Exception as exc:
+                self.index.not_ready_reason = f"the CLIP encoder could not be loaded: {exc}"
+                log.error("encoder load failed", extra={"reason": str(exc)})
+                return
+        self.index.load_initial()
+
+    async def _follow(self, interval_s: float) -> None:
+        """Poll the registry alias forever; retry start-up while not ready. Never dies on an error."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.index.current is None:
+                    await asyncio.to_thread(self._load)
+                else:
+                    await asyncio.to_thread(self.index.check_for_update)
+            except ClipsearchError:
+                self.metrics.index_refusals.inc()
+            except Exception:
+                log.exception("index follow loop error")
+
+    def _on_drift(self, result: DriftResult) -> None:
+        self.metrics.drift_score.set(result.drift_score)
+        self.metrics.drift_detected.set(1 if result.drift_detected else 0)
+
+    async def stop(self) -> None:
+        self.batcher.close()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def state(request: Request) -> ServiceState:
+    # async: FastAPI would run a plain `def` dependency in its threadpool, a needless hop per request
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(state)]
+
+
+async def serving_index(svc: StateDep) -> ServingIndex:
+    """The index this request will use from start to end (a single reference: swaps cannot split it)."""
+    current = svc.index.current
+    if current is None or not svc.encoder_ready:
+        raise HTTPException(503, detail=f"not ready: {svc.index.not_ready_reason or 'warming up'}")
+    return current
+
+
+ServingDep = Annotated[ServingIndex, Depends(serving_index)]
