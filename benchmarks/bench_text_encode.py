@@ -9,11 +9,16 @@ burst of load from another process hits every variant alike:
 - `eot-int8`: `eot` with the MLP Linear layers dynamically quantised to int8 through
   `torch.ao.quantization.quantize_dynamic` (deprecated API, so measured here only and not offered as a
   setting; attention projections are not quantisable this way).
+- `onnx-fp32`: the same EOT-truncated tower in ONNX Runtime (`model.text_backend: onnx`).
+- `onnx-int8`: `onnx-fp32` dynamically quantised to int8 (`model.onnx_quantize: int8`).
 - `*-1thread`: one intra-op thread (what each of two service workers would get).
 
 Parity is the cosine between each variant's embedding and the padded fp32 reference, min over the queries.
 Random weights of the real architecture cost the same as pretrained ones; int8 parity on real weights can
 be lower (outlier channels), so re-check it with real weights before enabling int8 in production.
+
+The ONNX graphs are exported on the first run and cached (`model.onnx_cache_dir`, default
+`~/.cache/clipsearch/onnx`); an ONNX Runtime session's thread count is fixed when it is created.
 
     python -m benchmarks.bench_text_encode [--arch ViT-B-32] [--threads 2] [--rounds 3]
 """
@@ -49,11 +54,25 @@ def _int8_encoder(settings: ModelSettings) -> ClipEncoder:
     return encoder
 
 
+def _onnx_encoder(settings: ModelSettings, quantize: str, threads: int) -> ClipEncoder:
+    """An encoder on the ONNX Runtime text backend whose session runs `threads` intra-op threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the session takes its thread count from torch's at load
+    try:
+        onnx_settings = settings.model_copy(update={"text_backend": "onnx", "onnx_quantize": quantize})
+        return ClipEncoder(onnx_settings).load()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _variants(arch: str, threads: int) -> dict[str, Variant]:
     base = ModelSettings(arch=arch, pretrained="random", device="cpu", precision="fp32")
     fp32 = ClipEncoder(base).load()
     bf16 = ClipEncoder(base.model_copy(update={"text_precision": "bf16"})).load()
     int8 = _int8_encoder(base)
+    onnx_fp32 = _onnx_encoder(base, "none", threads)
+    onnx_int8 = _onnx_encoder(base, "int8", threads)
+    onnx_int8_1 = _onnx_encoder(base, "int8", 1)
     return {
         "padded": (fp32, fp32.encode_text_padded, threads),
         "eot": (fp32, fp32.encode_text, threads),
@@ -61,6 +80,9 @@ def _variants(arch: str, threads: int) -> dict[str, Variant]:
         "eot-int8": (int8, int8.encode_text, threads),
         "eot-1thread": (fp32, fp32.encode_text, 1),
         "eot-bf16-1thread": (bf16, bf16.encode_text, 1),
+        "onnx-fp32": (onnx_fp32, onnx_fp32.encode_text, threads),
+        "onnx-int8": (onnx_int8, onnx_int8.encode_text, threads),
+        "onnx-int8-1thread": (onnx_int8_1, onnx_int8_1.encode_text, 1),
     }
 
 
