@@ -54,8 +54,8 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ConfigError(
-            f"model.text_backend is 'onnx' but {module} is not importable ({exc}). Install the extra with "
-            "`pip install 'clipsearch[onnx]'`, or set model.text_backend: torch."
+            f"model.text_backend is 'onnx' but {module} is not importable ({exc}). Reinstall the project's dependencies with "
+            "`pip install -c constraints.txt -e .` (onnx, onnxruntime and onnxscript are dependencies), or set model.text_backend: torch."
         ) from exc
 
 

@@ -63,7 +63,7 @@ class ModelSettings(BaseModel):
     )
     text_backend: Literal["torch", "onnx"] = Field(
         "torch",
-        description="Engine for the query text tower on CPU: 'onnx' runs it in ONNX Runtime (needs the [onnx] extra; "
+        description="Engine for the query text tower on CPU: 'onnx' runs it in ONNX Runtime ("
         "exported once per weights and cached). Same weights and identity; ignored on CUDA.",
     )
     onnx_quantize: Literal["none", "int8"] = Field(

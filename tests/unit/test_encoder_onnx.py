@@ -103,7 +103,7 @@ def test_missing_onnxruntime_is_a_config_error(
     tiny_model_settings: ModelSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
-    with pytest.raises(ConfigError, match=r"clipsearch\[onnx\]"):
+    with pytest.raises(ConfigError, match=r"onnxruntime and onnxscript are dependencies"):
         ClipEncoder(_onnx_settings(tiny_model_settings, tmp_path)).load()
 
 
