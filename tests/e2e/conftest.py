@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.processes import mlflow_server
+from tests.support.processes import clean_environ, mlflow_server
 from tests.support.repo_copy import copy_repo
 
 BIN = Path(sys.executable).parent
@@ -36,7 +36,7 @@ class PipelineRepo:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})},
+            env={**clean_environ(), "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})},
         )
         if check and proc.returncode != 0:
             raise AssertionError(

@@ -42,6 +42,7 @@ def test_registered_version_loads_as_a_pyfunc_model(reproduced: PipelineRepo) ->
     code = (
         "import mlflow, pandas as pd, sys\n"
         f"mlflow.set_tracking_uri({reproduced.tracking_uri!r})\n"
+        f"mlflow.set_registry_uri({reproduced.tracking_uri!r})\n"
         "m = mlflow.pyfunc.load_model('models:/clipsearch-index@challenger')\n"
         "out = m.predict(pd.DataFrame({'query': ['forest', 'red car']}), params={'k': 2})\n"
         "print(out.to_json(orient='records'))\n"

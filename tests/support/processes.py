@@ -17,6 +17,12 @@ import httpx
 BIN = Path(sys.executable).parent
 
 
+def clean_environ() -> dict[str, str]:
+    """os.environ without MLflow's URI variables: `mlflow.set_tracking_uri` / `set_registry_uri` in the test
+    process export them, and a child must talk to the server its own settings name, not a previous test's."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -56,7 +62,7 @@ def running(
             cmd,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**clean_environ(), **(env or {})},
             cwd=cwd,
             start_new_session=True,
         )
