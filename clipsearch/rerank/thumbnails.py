@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, UnidentifiedImageError
 
-from clipsearch.images import image_path
+from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.rerank.lru import LruCache
 from clipsearch.settings import RerankSettings
 from clipsearch.types import Candidate
@@ -34,13 +33,8 @@ THUMBNAIL_JPEG_QUALITY = 80
 MAX_SOURCE_BYTES = 10 * 1024 * 1024  # a thumbnail source larger than this is not a thumbnail source
 DEFAULT_FETCH_TIMEOUT_S = 2.0
 DEFAULT_MAX_WORKERS = 8
-# Unsplash ids are [A-Za-z0-9_-]; matched with fullmatch (a `$` anchor would also accept a trailing newline).
-PHOTO_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def is_valid_photo_id(photo_id: str) -> bool:
-    """True for an id that may name a file; anything else is never turned into a path or a URL."""
-    return PHOTO_ID.fullmatch(photo_id) is not None
+# One rule for ids that may name a file, shared with the download stage and the service.
+is_valid_photo_id = is_safe_photo_id
 
 
 class ThumbnailError(ValueError):

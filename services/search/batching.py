@@ -18,12 +18,12 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clipsearch.engine import QueryVector, SearchEngine
+from clipsearch.rerank.lru import LruCache
 from clipsearch.types import Candidate
 
 log = logging.getLogger("services.search.batching")
@@ -50,43 +50,13 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-class EmbeddingCache:
-    """A bounded, thread-safe LRU of query text -> embedding."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[str, QueryVector] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, text: str) -> QueryVector | None:
-        with self._lock:
-            item = self._items.get(text)
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(text)
-            self.hits += 1
-            return item
-
-    def put(self, text: str, value: QueryVector) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._items[text] = value
-            self._items.move_to_end(text)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
 class QueryBatcher:
     """One worker thread that encodes and searches waiting queries together."""
 
     def __init__(self, max_batch: int = 32, max_wait_ms: float = 2.0, cache_size: int = 4096) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
-        self.cache = EmbeddingCache(cache_size)
+        self.cache: LruCache[str, QueryVector] = LruCache(cache_size)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)
         self._thread.start()

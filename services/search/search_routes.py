@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import re
 import time
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from clipsearch.images import is_safe_photo_id
+from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.settings import Settings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
@@ -26,7 +27,6 @@ from services.search.schemas import (
 )
 from services.search.state import ServiceState, ServingDep, StateDep
 
-PHOTO_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 THUMB_PX = 320
 
 
@@ -118,14 +118,8 @@ async def _run_search(
 
 @lru_cache(maxsize=4096)
 def _thumbnail(path: str, mtime: float) -> bytes:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
-    rgb.thumbnail((THUMB_PX, THUMB_PX))
-    out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=85)
-    return out.getvalue()
+    """A cached thumbnail of a local image (keyed by mtime, so a replaced file is re-read)."""
+    return make_thumbnail(Path(path).read_bytes(), THUMB_PX)
 
 
 def install_search_routes(app: FastAPI, settings: Settings) -> None:
@@ -159,7 +153,7 @@ def install_search_routes(app: FastAPI, settings: Settings) -> None:
         svc: StateDep,
         size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",
     ) -> Response:
-        if not PHOTO_ID.fullmatch(photo_id):
+        if not is_safe_photo_id(photo_id):
             raise HTTPException(422, detail="photo_id: not a valid Unsplash photo id")
         try:
             row = serving.engine.artifact.row_of(photo_id)
