@@ -1,12 +1,25 @@
 # Two commands for a newcomer:  `make run` (pipeline, then a search)  and  `make test` (everything CI runs).
+# Both work from a plain shell: every recipe below runs with the project's venv first on PATH, so the
+# `python` in dvc.yaml's stage commands is .venv's interpreter whoever calls `dvc repro` through make.
 SHELL := /bin/bash
 PYTHON ?= python3.11
-VENV := .venv
-TOOLS := .venv-tools
-BIN := $(VENV)/bin
+VENV ?= .venv
+TOOLS ?= .venv-tools
+BIN := $(abspath $(VENV))/bin
 QUERY ?= a foggy forest at dawn
+# `make run LIMIT=2000`: a quick subset instead of the whole Unsplash Lite set (params.yaml's dataset.limit).
+LIMIT ?=
+# Browser for the chat-page tests. Debian: `chromium` (installed by system-deps); GitHub's Ubuntu runners ship
+# Google Chrome (Ubuntu's `chromium` package is only a snap stub): `make test CHROMIUM=/usr/bin/google-chrome`.
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup tools system-deps lint test test-unit test-e2e run fixture-run bench clean
+export PATH := $(BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+export CLIPSEARCH_TEST_BROWSER := $(CHROMIUM)
+export CLIPSEARCH_TOOLS_BIN := $(abspath $(TOOLS))/bin
+unexport PYTHONHOME
+
+.PHONY: setup tools system-deps lint test test-unit test-infra test-e2e run fixture-run bench clean
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -24,46 +37,62 @@ $(TOOLS)/.installed: requirements-tools.txt
 	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
 	touch $@
 
-# Headless Chromium (browser test of the chat page) and Prometheus/promtool (rules, live scrape) from Debian.
+# The browser (chat-page tests) and Prometheus/promtool (rules, live scrape), from the distribution's packages.
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v promtool >/dev/null; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium prometheus >/dev/null; \
-	fi
+	@missing=""; \
+	  [ -x "$(CHROMIUM)" ] || missing="$$missing chromium"; \
+	  command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	  if [ -n "$$missing" ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing$$missing (apt-get)"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
+	      || { echo "could not install$$missing: install them yourself (Debian/Ubuntu: apt-get install$$missing), or point CHROMIUM=/path/to/chrome at a browser you have"; exit 1; }; \
+	  fi
+	@[ -x "$(CHROMIUM)" ] || { echo "no browser at CHROMIUM=$(CHROMIUM): install Debian's chromium, or run make with CHROMIUM=/path/to/chrome (GitHub's Ubuntu runners: /usr/bin/google-chrome)"; exit 1; }
 
 lint: setup
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	ruff check .
+	ruff format --check .
+	mypy
 
+# Unit tier: in-process, no external tools, seconds each.
 test-unit: setup
-	$(BIN)/pytest -m "not e2e" -q
+	pytest -m "not e2e and not infra" -q
 
-test-e2e: setup tools system-deps
-	$(BIN)/pytest -m e2e -q
+# Deployment artefacts through their real validators (kustomize, kubernetes-validate, checkov, hadolint,
+# actionlint, zizmor, promtool, python-hcl2) and semantic checks of what a cluster would do with them.
+test-infra: setup tools system-deps
+	pytest -m infra -q
 
-test: lint test-unit test-e2e
+# Real processes on loopback: dvc repro, mlflow server, uvicorn, a Gemini stand-in, the browser, Prometheus.
+test-e2e: setup system-deps
+	pytest -m "e2e and not infra" -q
+
+test: lint test-unit test-infra test-e2e
 
 # The main job: the DVC pipeline (download -> embed -> build_index -> evaluate -> register), then a search.
+# Offline, the preflight stops with one paragraph and exit code 2 before DVC starts.
+# LIMIT goes through DVC (`exp run --set-param` writes it to params.yaml), so DVC knows the stage inputs changed.
 run: setup
-	$(BIN)/dvc repro
-	$(BIN)/clipsearch search "$(QUERY)"
+	@python -m training.preflight
+	$(if $(LIMIT),dvc exp run --set-param dataset.limit=$(LIMIT),dvc repro)
+	clipsearch search "$(QUERY)"
 
 # The same pipeline against a generated Unsplash Lite fixture served on 127.0.0.1 and a tiny random CLIP:
 # proves the whole loop on a machine that cannot reach unsplash.com or Hugging Face.
 fixture-run: setup
-	$(BIN)/python -m tests.fixtures.run_fixture_pipeline --query "$(QUERY)"
+	python -m tests.fixtures.run_fixture_pipeline --query "$(QUERY)"
 
 # Benchmarks print tables and write benchmarks/results/*.json; the last command prints target vs measured.
 bench: setup
-	$(BIN)/python -m benchmarks.bench_text_encode
-	$(BIN)/python -m benchmarks.bench_search --size 25000 --data clustered
-	$(BIN)/python -m benchmarks.bench_search --size 25000 --data diffuse
-	$(BIN)/python -m benchmarks.bench_search --size 1000000 --no-hnsw --data diffuse
-	$(BIN)/python -m benchmarks.bench_service --text-precision bf16 --exact-backend faiss --rates 20,40,60 --duration 15
-	$(BIN)/python -m benchmarks.bench_rerank
-	$(BIN)/python -m benchmarks.bench_embed
-	$(BIN)/python -m benchmarks.report
+	python -m benchmarks.bench_text_encode
+	python -m benchmarks.bench_search --size 25000 --data clustered
+	python -m benchmarks.bench_search --size 25000 --data diffuse
+	python -m benchmarks.bench_search --size 1000000 --no-hnsw --data diffuse
+	python -m benchmarks.bench_service --rates 20,40,60 --duration 15
+	python -m benchmarks.bench_rerank
+	python -m benchmarks.bench_embed
+	python -m benchmarks.report
 
 clean:
 	rm -rf data reports metrics.json mlflow.db mlruns mlartifacts

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import RegistryError
+from clipsearch.lineage import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from clipsearch.settings import RegistrySettings
 
 if TYPE_CHECKING:
@@ -64,6 +65,20 @@ def client_for(settings: RegistrySettings) -> MlflowClient:
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def use_experiment(settings: RegistrySettings) -> str:
+    """Make the configured experiment active, created as a model-development experiment (not GenAI).
+
+    MLflow 3 opens untagged experiments on its GenAI overview; the `mlflow.experimentKind` tag makes the UI
+    show runs, metrics and models. An existing experiment gets the tag too (older stores lack it).
+    """
+    import mlflow
+
+    experiment = mlflow.set_experiment(settings.experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(experiment.experiment_id)
 
 
 @contextmanager

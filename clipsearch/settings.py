@@ -8,35 +8,62 @@ below. The service reads the same object, so a cluster overrides a value with on
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from clipsearch.errors import ConfigError
 
 PARAMS_ENV = "CLIPSEARCH_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 # The real Unsplash Lite endpoint: `latest` redirects to the newest zip; a version string pins one.
 UNSPLASH_LITE_URL = "https://unsplash.com/data/lite/latest"
+# The pinned default: Unsplash Lite 1.2.1 and the SHA-256 Unsplash publishes for it in the CHANGELOG of
+# github.com/unsplash/datasets, so `dvc repro` means the same input on every machine.
+UNSPLASH_LITE_VERSION = "1.2.1"
+UNSPLASH_LITE_PINNED_URL = f"https://unsplash.com/data/lite/{UNSPLASH_LITE_VERSION}"
+UNSPLASH_LITE_SHA256 = "d29a13678f1cc3a3e706897b0a8dbbdb5837715b0d78d0492b68b9b5e96b03db"
+
+# Environment variables that carry the prefix but are not settings fields (so they are not "unknown keys").
+NON_SETTINGS_ENV = frozenset({PARAMS_ENV, "CLIPSEARCH_TEST_CACHE", "CLIPSEARCH_TEST_BROWSER", "CLIPSEARCH_TOOLS_BIN"})
 
 
-class DatasetSettings(BaseModel):
+class Section(BaseModel):
+    """A settings section: an unknown key (a typo in params.yaml or in a CLIPSEARCH_ variable) is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSettings(Section):
     """Where Unsplash Lite comes from and how much of it to fetch."""
 
-    url: str = UNSPLASH_LITE_URL
-    version: str = "latest"
-    sha256: str = Field(
-        "", description="Expected sha256 of the zip; empty skips the check (only sensible with latest)."
+    url: str = Field(
+        UNSPLASH_LITE_PINNED_URL,
+        description=f"The zip: pinned to Unsplash Lite {UNSPLASH_LITE_VERSION} by default; {UNSPLASH_LITE_URL} "
+        "follows the newest release (the log and data/lite/dataset.json say which version it got).",
     )
-    limit: int | None = Field(None, ge=1, description="Use only the first N photos (a quick subset); null = all.")
+    version: str = UNSPLASH_LITE_VERSION
+    sha256: str = Field(
+        UNSPLASH_LITE_SHA256,
+        description="Expected sha256 of the zip (Unsplash's CHANGELOG lists one per release); empty skips the "
+        "check (only sensible with latest).",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Use only the first N photos (a quick subset, e.g. 2000); null = all (~25K)."
+    )
     image_width: int = Field(400, ge=16, le=4096, description="Images are fetched resized with ?w=<width>.")
     concurrency: int = Field(16, ge=1, le=256)
     timeout_s: float = Field(30.0, gt=0)
@@ -45,8 +72,17 @@ class DatasetSettings(BaseModel):
     max_failure_ratio: float = Field(0.02, ge=0, le=1, description="The download fails above this share of bad images.")
     data_dir: Path = Path("data")
 
+    @model_validator(mode="after")
+    def _checksum_belongs_to_its_url(self) -> DatasetSettings:
+        """The default checksum names the default release: another URL without its own sha256 gets none."""
+        if self.url != UNSPLASH_LITE_PINNED_URL and "sha256" not in self.model_fields_set:
+            self.sha256 = ""
+            if "version" not in self.model_fields_set:
+                self.version = "latest" if self.url.rstrip("/").endswith("/latest") else "unpinned"
+        return self
 
-class ModelSettings(BaseModel):
+
+class ModelSettings(Section):
     """The CLIP model: an open_clip architecture plus an open_clip `pretrained` tag or a local checkpoint path."""
 
     arch: str = "ViT-B-32"
@@ -77,12 +113,12 @@ class ModelSettings(BaseModel):
     cache_dir: Path | None = Field(None, description="Where open_clip caches downloaded weights.")
 
 
-class EmbedSettings(BaseModel):
+class EmbedSettings(Section):
     features_dir: Path = Path("data/features")
     chunk_size: int = Field(1024, ge=1, description="Images per resumable chunk file.")
 
 
-class IndexSettings(BaseModel):
+class IndexSettings(Section):
     """Which nearest-neighbour structure the artifact carries. `exact` is right up to ~1M vectors."""
 
     kind: Literal["exact", "hnsw", "ivf"] = "exact"
@@ -101,7 +137,7 @@ class IndexSettings(BaseModel):
     output_dir: Path = Path("data/index")
 
 
-class EvaluateSettings(BaseModel):
+class EvaluateSettings(Section):
     """How the judged query set is built from Unsplash Lite and scored."""
 
     min_users: int = Field(1, ge=1, description="A conversion counts only when this many distinct users made it.")
@@ -119,7 +155,7 @@ class EvaluateSettings(BaseModel):
     output_dir: Path = Path("reports")
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(Section):
     """MLflow: tracking server, registered model name and the promotion quality gate."""
 
     tracking_uri: str = Field(
@@ -135,12 +171,12 @@ class RegistrySettings(BaseModel):
     gate_tolerance: float = Field(0.01, ge=0, description="A challenger may be this much worse per metric and pass.")
 
 
-class SearchSettings(BaseModel):
+class SearchSettings(Section):
     k: int = Field(4, ge=1, le=100)
     candidates: int = Field(10, ge=1, le=1000)
 
 
-class RerankSettings(BaseModel):
+class RerankSettings(Section):
     """The LLM re-ranker (Gemini through the maintained google-genai SDK). No API key -> CLIP order only."""
 
     enabled: bool = True
@@ -159,7 +195,7 @@ class RerankSettings(BaseModel):
     quota_requests_per_minute: int = Field(4000, ge=1, description="The project's Gemini RPM quota (alerting).")
 
 
-class ServiceSettings(BaseModel):
+class ServiceSettings(Section):
     """The HTTP service: where it caches pulled indexes and how it follows the registry."""
 
     cache_dir: Path = Path("/tmp/clipsearch-cache")  # noqa: S108 - overridden by a volume in k8s
@@ -178,13 +214,21 @@ class ServiceSettings(BaseModel):
     embedding_cache_size: int = Field(4096, ge=0, description="Repeated query texts skip the encoder (LRU).")
 
 
+class _PrefixedEnvSource(EnvSettingsSource):
+    """CLIPSEARCH_* variables, minus the few that name files or test tools rather than settings."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name: value for name, value in self.env_vars.items() if name.upper() not in NON_SETTINGS_ENV}
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
     model_config = SettingsConfigDict(
         env_prefix="CLIPSEARCH_",
         env_nested_delimiter="__",
-        extra="ignore",
+        extra="forbid",
     )
 
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
@@ -207,13 +251,80 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         params = Path(os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _PrefixedEnvSource(settings_cls)]
         if params.is_file():
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=params))
         return tuple(sources)
 
 
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return "CLIPSEARCH_" + "__".join(str(part).upper() for part in loc)
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names valid where `loc` points (the top level or one section)."""
+    if len(loc) <= 1:
+        return list(Settings.model_fields)
+    field = Settings.model_fields.get(str(loc[0]))
+    section = field.annotation if field is not None else None
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return list(section.model_fields)
+    return []
+
+
+def describe_validation_error(exc: ValidationError, params_file: Path) -> str:
+    """One line per problem, naming the key, where it can come from, and (for a typo) the likely key."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        dotted = ".".join(str(part) for part in loc)
+        origin = f"in {params_file} or {_env_name(loc)}"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'? " if close else ""
+            lines.append(f"unknown setting '{dotted}' ({origin}): {hint}known keys here: {', '.join(known)}")
+        else:
+            lines.append(f"{dotted} = {error.get('input')!r} ({origin}): {error['msg']}")
+    return "; ".join(lines)
+
+
+def _unknown_env_sections(environ: Mapping[str, str]) -> list[str]:
+    """CLIPSEARCH_<X>[__...] variables whose <X> is no section. pydantic-settings drops these silently (nested
+    unknown keys, CLIPSEARCH_MODEL__TYPO, are caught by the sections' extra="forbid")."""
+    sections = {name.upper() for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("CLIPSEARCH_") or upper in NON_SETTINGS_ENV:
+            continue
+        section = upper.removeprefix("CLIPSEARCH_").split("__", 1)[0]
+        if section not in sections:
+            close = difflib.get_close_matches(section, sorted(sections), n=1)
+            hint = f"did you mean CLIPSEARCH_{close[0]}__...? " if close else ""
+            problems.append(
+                f"unknown environment variable {name}: {hint}settings variables are "
+                f"CLIPSEARCH_<SECTION>__<FIELD> with a section of {', '.join(sorted(s.lower() for s in sections))}"
+            )
+    return problems
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from params.yaml + environment, or a ConfigError that names each bad or unknown key."""
+    params = Path(os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))
+    unknown = _unknown_env_sections(os.environ)
+    if unknown:
+        raise ConfigError(f"Invalid settings: {'; '.join(unknown)}. Fix or unset the variable.")
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(
+            f"Invalid settings: {describe_validation_error(exc, params)}. Fix the key in {params} (see "
+            "clipsearch/settings.py for every field) or the environment variable named."
+        ) from exc
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings (cached: read params.yaml and the environment once)."""
-    return Settings()
+    return load_settings()

@@ -26,6 +26,16 @@ class ServedFixture:
         return self.server.zip_url
 
 
+INFRA_DIR = Path(__file__).parent / "infra"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/infra is the `infra` tier (`make test-infra`): it needs the validator tools."""
+    for item in items:
+        if INFRA_DIR in item.path.parents:
+            item.add_marker(pytest.mark.infra)
+
+
 @pytest.fixture(scope="session")
 def unsplash_fixture_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedFixture]:
     """A ~300-photo Unsplash Lite fixture (zip + images), built once and served on 127.0.0.1 for the session.

@@ -170,7 +170,15 @@ def run_download(settings: Settings, *, show_progress: bool = True) -> dict[str,
     t0 = time.perf_counter()
     tables = write_tables(paths.zip_path, paths, dataset.limit)
     tables_s = time.perf_counter() - t0
-    _write_json(paths.dataset_json, _dataset_record(dataset, paths, zip_state, tables))
+    record = _dataset_record(dataset, paths, zip_state, tables)
+    _write_json(paths.dataset_json, record)
+    log.info(
+        "Unsplash Lite %s (asked for %s; zip sha256 %s) from %s",
+        record["resolved_version"] or "of unknown version",
+        dataset.version,
+        zip_state.sha256[:12],
+        zip_state.final_url,
+    )
     log.info("tables: %s", tables.counts())
 
     paths.images_dir.mkdir(parents=True, exist_ok=True)

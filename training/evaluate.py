@@ -24,8 +24,9 @@ from clipsearch.cli_support import run_cli
 from clipsearch.encoder import ClipEncoder
 from clipsearch.engine import SearchEngine, load_engine
 from clipsearch.errors import DataFormatError
+from clipsearch.lineage import dataset_lineage
 from clipsearch.metrics import evaluate_rankings, latency_summary
-from clipsearch.registry import client_for, flatten_params, registry_errors
+from clipsearch.registry import client_for, flatten_params, registry_errors, use_experiment
 from clipsearch.relevance import JudgedQuery, build_judgments, normalise_query
 from clipsearch.settings import Settings, get_settings
 
@@ -115,6 +116,18 @@ def results_grid(engine: SearchEngine, queries: list[str], images_dir: Path, out
     return out
 
 
+def log_dataset_input(data_dir: Path, engine: SearchEngine) -> None:
+    """Record the indexed photos as the run's MLflow dataset input: Unsplash Lite version + DVC data hash."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
+
+    lineage = dataset_lineage(data_dir)
+    photos = pd.DataFrame({"photo_id": [str(i) for i in engine.artifact.ids]})
+    dataset = from_pandas(photos, source=HTTPDatasetSource(lineage.source), name=lineage.name, digest=lineage.digest)
+    mlflow.log_input(dataset, context="evaluation", tags=lineage.tags)
+
+
 def main() -> None:
     settings = get_settings()
     encoder = ClipEncoder.from_settings(settings.model)
@@ -153,8 +166,9 @@ def main() -> None:
         import mlflow
 
         client_for(settings.registry)
-        mlflow.set_experiment(settings.registry.experiment)
+        use_experiment(settings.registry)
         with mlflow.start_run(run_name=f"evaluate-{engine.index_version}") as run:
+            log_dataset_input(settings.dataset.data_dir, engine)
             mlflow.log_params(flatten_params(settings.model_dump(mode="json", exclude={"rerank", "service"})))
             mlflow.log_params({"index.version": engine.index_version, **flatten_params(judgment_info, "judgments.")})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})

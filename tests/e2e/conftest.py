@@ -15,6 +15,7 @@ import yaml
 
 from tests.support.processes import clean_environ, mlflow_server
 from tests.support.repo_copy import copy_repo
+from training.fetch import sha256_file
 
 BIN = Path(sys.executable).parent
 
@@ -66,7 +67,14 @@ def pipeline_repo(tmp_path_factory, unsplash_fixture_server, tiny_clip_checkpoin
     copy_repo(root)
     repo = PipelineRepo(root=root, tracking_uri=mlflow_url, checkpoint=tiny_clip_checkpoint)
     repo.set_params(
-        dataset={"url": unsplash_fixture_server.zip_url, "limit": None, "image_width": 96, "concurrency": 8},
+        dataset={
+            "url": unsplash_fixture_server.zip_url,
+            "version": "fixture",
+            "sha256": sha256_file(unsplash_fixture_server.info.zip_path),  # pinned, as the real default is
+            "limit": None,
+            "image_width": 96,
+            "concurrency": 8,
+        },
         model={
             "arch": "clipsearch-tiny",
             "pretrained": str(tiny_clip_checkpoint),

@@ -5,7 +5,8 @@ so the same function can be pointed at the real service: give it another `base_u
 the real service rejects with a 4xx). The `chat_server` fixture is the one place that decides what serves it;
 today that is the stand-in in tests/support/fake_search_app.py.
 
-Chromium is Debian's (/usr/bin/chromium); Playwright only drives it (never `playwright install`).
+The browser is a setting (tests/support/browser.py: Debian's /usr/bin/chromium by default); a missing one fails
+the test with how to install it. Playwright only drives it (never `playwright install`).
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import playwright.sync_api as playwright_sync  # dev extras; a missing install fails, never skips
 import pytest
 
 from tests.support import fake_search_app as fake
+from tests.support.browser import browser_path
 from tests.support.processes import free_port, running
 
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extras")
-
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -39,10 +39,7 @@ NARROW = {"width": 390, "height": 844}
 TIMEOUT_MS = 30_000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's chromium at {CHROMIUM}"),
-]
+pytestmark = pytest.mark.e2e
 
 # Records the send button's state each time the page shows its "Searching…" bubble, which lives exactly as long
 # as a request is in flight. (Observer callbacks run after the page's synchronous code, so the moment the answer
@@ -159,7 +156,7 @@ def drive_chat(
     out_dir.mkdir(parents=True, exist_ok=True)
     run = ChatRun()
     with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(browser_path()), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=WIDE)
             page.set_default_timeout(TIMEOUT_MS)
@@ -299,7 +296,7 @@ def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str)
     expect = playwright_sync.expect
     hostile_query = next(q for q in (f"q{i}" for i in range(200)) if "neon04" in {p.photo_id for p in fake.pick(q, 4)})
     with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=str(browser_path()), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=WIDE)
             page.goto(f"{chat_server}/ui")

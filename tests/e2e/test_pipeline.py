@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import BIN, PipelineRepo
@@ -35,6 +36,18 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert {"results_grid.png", "evaluation.json", "metrics.json"} <= artifacts
     assert version.tags["index_version"] == registered["index_version"]
+
+    # The MLflow UI opens the experiment as model development (not the GenAI overview) and shows the data lineage.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1, inputs
+    assert inputs[0].dataset.name == "unsplash-lite-fixture"
+    tags = {t.key: t.value for t in inputs[0].tags}
+    assert tags["mlflow.data.context"] == "evaluation"
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    lite_md5 = next(o["md5"] for o in lock["stages"]["download"]["outs"] if o["path"] == "data/lite")
+    assert inputs[0].dataset.digest == lite_md5[:36] and tags["dvc_md5:data/lite"] == lite_md5
 
 
 def test_registered_version_loads_as_a_pyfunc_model(reproduced: PipelineRepo) -> None:
