@@ -165,7 +165,12 @@ def _run_bootstrap(role_exists: bool, monkeypatch: pytest.MonkeyPatch) -> list[s
 
     conn = types.SimpleNamespace(autocommit=False, cursor=lambda: _Cursor(log, role_exists), close=lambda: None)
     fake = types.ModuleType("psycopg2")
-    fake.connect = lambda **kw: log.append(f"connect {kw['user']}@{kw['host']} sslmode={kw['sslmode']}") or conn  # type: ignore[attr-defined]
+
+    def connect(**kw: Any) -> Any:
+        log.append(f"connect {kw['user']}@{kw['host']} sslmode={kw['sslmode']}")
+        return conn
+
+    fake.connect = connect  # type: ignore[attr-defined]
     fake_sql = types.ModuleType("psycopg2.sql")
     fake_sql.SQL = _SQL  # type: ignore[attr-defined]
     fake_sql.Identifier = _Identifier  # type: ignore[attr-defined]

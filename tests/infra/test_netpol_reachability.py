@@ -98,8 +98,8 @@ class Connectivity:
             return True
         range_ = re.fullmatch(r"([\d.]+)-([\d.]+)", endpoint)
         if range_ and re.fullmatch(r"[\d.]+", wanted):
-            low, high = (ipaddress.ip_address(x) for x in range_.groups())
-            return low <= ipaddress.ip_address(wanted) <= high
+            low, high = (ipaddress.IPv4Address(x) for x in range_.groups())
+            return low <= ipaddress.IPv4Address(wanted) <= high
         return False
 
     @staticmethod
@@ -242,13 +242,13 @@ def test_policy_cidrs_follow_the_terraform_subnets(rendered: dict[str, Rendered]
     """The load-balancer and database CIDRs in the policies are the subnets terraform/vpc.tf carves (default CIDR)."""
     from tests.infra.platform import variables
 
-    vpc = ipaddress.ip_network(variables("staging")["vpc_cidr"])
+    vpc = ipaddress.IPv4Network(variables("staging")["vpc_cidr"])
     public = [list(vpc.subnets(new_prefix=24))[48 + i] for i in range(3)]  # cidrsubnet(vpc, 8, 48 + i)
     database = [list(vpc.subnets(new_prefix=24))[64 + i] for i in range(3)]  # cidrsubnet(vpc, 8, 64 + i)
     text = yaml.safe_dump_all(rendered["prod"].find("NetworkPolicy"))
-    blocks = {ipaddress.ip_network(c) for c in re.findall(r"cidr: ([\d./]+)", text)}
-    lb = ipaddress.ip_network("10.0.48.0/22")
-    db = ipaddress.ip_network("10.0.64.0/22")
+    blocks = {ipaddress.IPv4Network(c) for c in re.findall(r"cidr: ([\d./]+)", text)}
+    lb = ipaddress.IPv4Network("10.0.48.0/22")
+    db = ipaddress.IPv4Network("10.0.64.0/22")
     assert {lb, db} <= blocks
     assert all(s.subnet_of(lb) for s in public) and all(s.subnet_of(db) for s in database)
     private = [list(vpc.subnets(new_prefix=20))[i] for i in range(3)]  # nodes and pods: cidrsubnet(vpc, 4, i)

@@ -173,14 +173,14 @@ def test_addon_identities_match_the_helm_values() -> None:
 
 # --- reaching the clusters and the registries ------------------------------------------------------------------
 
-DOCUMENTATION_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
+DOCUMENTATION_NETS = [ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_api_endpoint_is_private_and_deploys_run_inside_the_vpc(env: str) -> None:
     cidrs = variables(env)["cluster_endpoint_public_access_cidrs"]
     for cidr in cidrs:
-        net = ipaddress.ip_network(cidr)
+        net = ipaddress.IPv4Network(cidr)
         assert not any(net.subnet_of(d) for d in DOCUMENTATION_NETS), f"{env}: {cidr} is a documentation range"
     deploy = yaml.safe_load((REPO / ".github" / "workflows" / "deploy-env.yml").read_text())["jobs"]["deploy"]
     runs_on = deploy["runs-on"]
