@@ -38,7 +38,9 @@ UNSPLASH_LITE_PINNED_URL = f"https://unsplash.com/data/lite/{UNSPLASH_LITE_VERSI
 UNSPLASH_LITE_SHA256 = "d29a13678f1cc3a3e706897b0a8dbbdb5837715b0d78d0492b68b9b5e96b03db"
 
 # Environment variables that carry the prefix but are not settings fields (so they are not "unknown keys").
-NON_SETTINGS_ENV = frozenset({PARAMS_ENV, "CLIPSEARCH_TEST_CACHE", "CLIPSEARCH_TEST_BROWSER", "CLIPSEARCH_TOOLS_BIN"})
+NON_SETTINGS_ENV = frozenset(
+    {PARAMS_ENV, "CLIPSEARCH_TEST_CACHE", "CLIPSEARCH_TEST_BROWSER", "CLIPSEARCH_TOOLS_BIN", "CLIPSEARCH_NETPOL_BIN"}
+)
 
 
 class Section(BaseModel):
