@@ -435,7 +435,7 @@ class GeminiReranker:
         gone = [m for m, s in self.models.items() if s.available is False]
         if primary not in gone:
             state = self.models[primary]
-            note = "found at start-up" if state.available else state.detail
+            note = "model found" if state.available else state.detail
             return f"{primary} via google-genai" + (f" ({note})" if note else "")
         text = f"{primary} was not found"
         alive = [m for m in fallbacks if m not in gone]
