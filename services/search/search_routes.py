@@ -108,7 +108,7 @@ async def _run_search(
             if result.rerank_applied
             else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
             detail=result.rerank_detail,
-            model=svc.settings.rerank.model if svc.rerank_available else None,
+            model=result.rerank_model or (svc.settings.rerank.model if svc.rerank_available else None),
         ),
         index_version=serving.index_version,
         stale=svc.index.stale,

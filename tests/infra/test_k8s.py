@@ -32,6 +32,7 @@ CONTRACT_METRICS = (
     "clipsearch_gemini_cost_usd_total",
     "clipsearch_gemini_requests_total",
     "clipsearch_gemini_quota_requests_per_minute",
+    "clipsearch_reranker_model_available",
     "clipsearch_index_info",
     "clipsearch_index_size",
     "clipsearch_drift_score",
