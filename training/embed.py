@@ -40,8 +40,9 @@ from tqdm import tqdm
 from clipsearch.cli_support import configure_logging, run_cli
 from clipsearch.encoder import ClipEncoder, ImageTransform
 from clipsearch.errors import ConfigError, DataFormatError
+from clipsearch.fileio import PART_SUFFIX, atomic_file
 from clipsearch.identity import ModelIdentity
-from clipsearch.images import IMAGE_SUFFIX, PART_SUFFIX, is_safe_photo_id
+from clipsearch.images import IMAGE_SUFFIX, is_safe_photo_id
 from clipsearch.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,7 @@ def read_chunk(path: Path) -> FeatureChunk:
 
 def write_chunk(path: Path, chunk: FeatureChunk) -> None:
     """Write `<path>.part` (fsynced), then rename over `path`: a chunk file that exists is complete."""
-    part = path.with_name(path.name + PART_SUFFIX)
-    with part.open("wb") as fh:
+    with atomic_file(path) as fh:
         np.savez(
             fh,
             vectors=np.ascontiguousarray(chunk.vectors, dtype=np.float32).reshape(len(chunk.ids), chunk.model.dim),
@@ -150,9 +150,6 @@ def write_chunk(path: Path, chunk: FeatureChunk) -> None:
             skipped_ids=np.asarray(chunk.skipped_ids, dtype=np.str_),
             model=np.asarray(chunk.model.model_dump_json(), dtype=np.str_),
         )
-        fh.flush()
-        os.fsync(fh.fileno())
-    part.replace(path)
 
 
 def foreign_chunks(features_dir: Path, identity: ModelIdentity) -> list[tuple[Path, ModelIdentity]]:
