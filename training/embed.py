@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipsearch.cli_support import configure_logging, run_cli
-from clipsearch.encoder import ClipEncoder, ImageTransform
+from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, DataFormatError
 from clipsearch.features import (
     CHUNK_PART_GLOB,
@@ -52,6 +52,7 @@ from clipsearch.features import (
 from clipsearch.identity import ModelIdentity
 from clipsearch.images import image_path
 from clipsearch.settings import Settings, get_settings
+from clipsearch.visual import ImageTransform
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,6 @@ class ImageFiles(Dataset[tuple[torch.Tensor, bool, str]]):
             return torch.zeros(self.shape), False, f"{type(exc).__name__}: {exc}"
 
 
-def _input_shape(encoder: ClipEncoder) -> tuple[int, int, int]:
-    size = encoder.model.visual.preprocess_cfg["size"]
-    height, width = (size, size) if isinstance(size, int) else size
-    return (3, int(height), int(width))
-
-
 # --------------------------------------------------------------------------------------------- the stage
 @dataclass
 class EmbedSummary:
@@ -340,7 +335,9 @@ def embed(
 
     order = [photo_id for plan in pending for photo_id in plan.photo_ids]
     images_dir = data_dir / "images"
-    dataset = ImageFiles([image_path(images_dir, p) for p in order], encoder.preprocess, _input_shape(encoder))
+    dataset = ImageFiles(
+        [image_path(images_dir, p) for p in order], encoder.preprocess, encoder.image_backend.input_shape
+    )
     workers = settings.model.num_workers
     loader = DataLoader(
         dataset,
