@@ -10,13 +10,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from clipsearch.drift import DriftResult
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import build_reranker
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
-from services.search.drift import DriftMonitor, DriftResult
+from services.search.drift import DriftMonitor
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.telemetry import Metrics
 
