@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from clipsearch.images import is_safe_photo_id
+from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
@@ -52,6 +52,14 @@ def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: 
     return text
 
 
+def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
+    """The response's `rerank.fallback_reason` (None when applied) and the metrics outcome label, from one rule."""
+    if result.rerank_applied:
+        return None, "applied"
+    reason = "not_requested" if requested == "off" else result.rerank_fallback_reason
+    return reason, reason or "disabled"
+
+
 async def _run_search(
     svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
 ) -> SearchResponse:
@@ -67,12 +75,7 @@ async def _run_search(
     )
     result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
     top1 = result.results[0].candidate.score if result.results else None
-    if result.rerank_applied:
-        outcome = "applied"
-    elif body.rerank == "off":
-        outcome = "not_requested"
-    else:
-        outcome = result.rerank_fallback_reason or "disabled"
+    fallback_reason, outcome = _rerank_outcome(body.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
     svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
@@ -103,9 +106,7 @@ async def _run_search(
         rerank=RerankInfo(
             requested=body.rerank,
             applied=result.rerank_applied,
-            fallback_reason=None
-            if result.rerank_applied
-            else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
+            fallback_reason=fallback_reason,
             detail=result.rerank_detail,
             model=svc.settings.rerank.model if svc.rerank_available else None,
         ),
@@ -172,7 +173,7 @@ def image(
         raise HTTPException(404, detail=f"photo {photo_id} is not in the served index") from None
     images_dir = svc.settings.service.images_dir
     if images_dir is not None:
-        local = images_dir / f"{photo_id}.jpg"  # photo_id is validated and known to the index: never a path
+        local = image_path(images_dir, photo_id)  # photo_id is validated and known to the index: never a path
         if local.is_file():
             if size == "thumb":
                 data = _thumbnail(str(local), local.stat().st_mtime)

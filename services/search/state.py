@@ -32,11 +32,7 @@ class ServiceState:
         self.metrics = metrics
         self.encoder = ClipEncoder.from_settings(settings.model)
         images_dir = settings.service.images_dir
-        reranker, self.reranker_status = (
-            build_reranker(settings.rerank, images_dir)
-            if settings.rerank.enabled
-            else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
-        )
+        reranker, self.reranker_status = build_reranker(settings.rerank, images_dir)
         self.reranker = reranker
         self.rerank_available = not isinstance(reranker, NoopReranker)
         self.drift = DriftMonitor(
