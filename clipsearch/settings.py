@@ -99,10 +99,11 @@ class ModelSettings(Section):
         description="Query-encoding text tower on CPU: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX (cosine to "
         "fp32 >= 0.999); fp32 is exact. Ignored when the model already runs in fp16.",
     )
-    text_backend: Literal["torch", "onnx"] = Field(
-        "torch",
-        description="Engine for the query text tower on CPU: 'onnx' runs it in ONNX Runtime ("
-        "exported once per weights and cached). Same weights and identity; ignored on CUDA.",
+    text_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Engine for the query text tower: 'auto' is ONNX Runtime fp32 on CPU (exported once per weights "
+        "and cached; torch when text_precision is bf16 or the export is impossible) and torch on CUDA; 'onnx' and "
+        "'torch' force one (onnx is ignored on CUDA). Same weights and identity.",
     )
     onnx_quantize: Literal["none", "int8"] = Field(
         "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."

@@ -10,13 +10,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from clipsearch.drift import DriftResult
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import GeminiReranker, build_reranker
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
-from services.search.drift import DriftMonitor, DriftResult
+from services.search.drift import DriftMonitor
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.telemetry import Metrics
 
@@ -31,11 +32,7 @@ class ServiceState:
         self.metrics = metrics
         self.encoder = ClipEncoder.from_settings(settings.model)
         images_dir = settings.service.images_dir
-        reranker, self._reranker_status = (
-            build_reranker(settings.rerank, images_dir)
-            if settings.rerank.enabled
-            else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
-        )
+        reranker, self._reranker_status = build_reranker(settings.rerank, images_dir)
         self.reranker = reranker
         self.rerank_available = not isinstance(reranker, NoopReranker)
         if isinstance(reranker, GeminiReranker):
