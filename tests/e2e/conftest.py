@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.processes import clean_environ, mlflow_server
-from tests.support.repo_copy import copy_repo
+from clipsearch_devtools.processes import clean_environ, mlflow_server
+from clipsearch_devtools.repo_copy import copy_repo
 
 BIN = Path(sys.executable).parent
 
@@ -135,8 +135,8 @@ def ensure_champion(repo: PipelineRepo) -> str:
 @pytest.fixture(scope="session")
 def live_service(reproduced: PipelineRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """uvicorn + the real app, re-ranking through a local Gemini stand-in, following @champion every second."""
-    from tests.fixtures.gemini_standin import GeminiStandin
-    from tests.support.processes import free_port, running
+    from clipsearch_devtools.gemini_standin import GeminiStandin
+    from clipsearch_devtools.processes import free_port, running
 
     ensure_champion(reproduced)
     workdir = tmp_path_factory.mktemp("service")

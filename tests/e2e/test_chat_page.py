@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from clipsearch_devtools.processes import free_port, running
 from tests.support import fake_search_app as fake
-from tests.support.processes import free_port, running
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extras")
 

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from clipsearch.images import is_valid_image_file
+from clipsearch_devtools.http_server import ZIP_PATH, Faults
 from tests.conftest import ServedFixture
-from tests.fixtures.http_server import ZIP_PATH, Faults
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from clipsearch.index.artifact import load_artifact, write_artifact
 from clipsearch.registry import register_index
 from clipsearch.settings import IndexSettings, RegistrySettings
+from clipsearch_devtools import gemini_standin as gs
+from clipsearch_devtools.processes import free_port, running
 from tests.e2e.conftest import BIN, LiveService, service_env
-from tests.fixtures import gemini_standin as gs
-from tests.support.processes import free_port, running
 
 pytestmark = pytest.mark.e2e
 

@@ -21,6 +21,7 @@ from clipsearch.index.artifact import (
     write_artifact,
 )
 from clipsearch.settings import IndexSettings
+from clipsearch_devtools.artifacts import metadata_frame
 
 DIM = 16
 MODEL = ModelIdentity(arch="tiny", pretrained="random", weights_sha256="a" * 64, dim=DIM)
@@ -31,17 +32,14 @@ def make_inputs(n: int = 60, seed: int = 0) -> tuple[np.ndarray, list[str], pd.D
     x = rng.normal(size=(n, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = [f"photo{i:03d}" for i in range(n)]
-    meta = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example/{i}" for i in ids],
-            "description": [None if i % 3 == 0 else f"desc {i}" for i in range(n)],
-            "photographer": [f"Ann {i}" for i in range(n)],
-            "width": [4000 + i for i in range(n)],
-            "height": [None if i == 1 else 3000 for i in range(n)],
-            "blur_hash": ["LEHV6nWB2yk8" for _ in range(n)],
-            "extra_column": 1,  # ignored: the artifact keeps the contract's columns only
-        }
+    meta = metadata_frame(
+        ids,
+        description=[None if i % 3 == 0 else f"desc {i}" for i in range(n)],
+        photographer=[f"Ann {i}" for i in range(n)],
+        width=[4000 + i for i in range(n)],
+        height=[None if i == 1 else 3000 for i in range(n)],
+        blur_hash="LEHV6nWB2yk8",
+        extra_column=1,  # ignored: the artifact keeps the contract's columns only
     )
     return x, ids, meta
 

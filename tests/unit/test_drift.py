@@ -21,23 +21,10 @@ from clipsearch.drift import (
 )
 from services.search.drift import DriftMonitor
 from services.search.schemas import DriftResponse
+from tests.support.embeddings import embeddings
 
 DIM = 512
 RANK = 16
-
-
-def embeddings(n: int, seed: int, shift: float = 0.0, dim: int = DIM) -> np.ndarray:
-    """CLIP-like vectors: a shared low-rank structure plus noise, offset from the origin, L2-normalised.
-
-    The basis is the same for every call (seed 7), so two calls with shift 0 sample one distribution; `shift`
-    moves the mean along the first latent direction (users asking about something else).
-    """
-    basis = np.random.default_rng(7).normal(size=(RANK, dim)) / 4
-    rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n, RANK))
-    latent[:, 0] += shift
-    x = latent @ basis + 0.3 * rng.normal(size=(n, dim)) + 3 * basis.mean(axis=0)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- compute_drift

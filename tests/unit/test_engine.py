@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from clipsearch.engine import SearchEngine, load_engine
@@ -14,6 +13,7 @@ from clipsearch.identity import ModelIdentity
 from clipsearch.index.artifact import write_artifact
 from clipsearch.settings import IndexSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
+from clipsearch_devtools.artifacts import metadata_frame
 
 WORDS = ["red car", "green forest", "blue ocean", "night city", "white snow", "desert dunes"]
 
@@ -21,17 +21,7 @@ WORDS = ["red car", "green forest", "blue ocean", "night city", "white snow", "d
 def _artifact(tmp_path, encoder, model: ModelIdentity | None = None):
     vectors = encoder.encode_text(WORDS)  # text vectors stand in for images: each word finds itself first
     ids = [f"photo{i}" for i in range(len(WORDS))]
-    metadata = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example/{i}" for i in ids],
-            "description": WORDS,
-            "photographer": ["A. Person"] * len(ids),
-            "width": [400] * len(ids),
-            "height": [300] * len(ids),
-            "blur_hash": [None] * len(ids),
-        }
-    )
+    metadata = metadata_frame(ids, description=WORDS, photographer="A. Person")
     write_artifact(
         tmp_path / "index", vectors, ids, metadata, model or encoder.identity, IndexSettings(dtype="float32"), "test@0"
     )

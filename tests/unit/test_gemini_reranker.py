@@ -28,7 +28,7 @@ from clipsearch.rerank.gemini import (
 from clipsearch.rerank.thumbnails import ThumbnailProvider
 from clipsearch.settings import RerankSettings
 from clipsearch.types import Candidate, RerankOutcome
-from tests.fixtures.gemini_standin import (
+from clipsearch_devtools.gemini_standin import (
     GeminiStandin,
     blocked_finish,
     blocked_prompt,

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import faiss
 import numpy as np
 import pytest
 
@@ -23,12 +20,7 @@ def structured(n: int, dim: int, seed: int) -> np.ndarray:
     return normalised(rng.normal(size=(n, 16)) @ basis + 0.3 * 4 * rng.normal(size=(n, dim)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_faiss_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 @pytest.mark.parametrize("n_queries", [1, 7, 40])  # FAISS switches to BLAS from 20 queries on

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
-import faiss
 import numpy as np
 import pytest
 
@@ -30,13 +28,7 @@ def recall_at(k: int, approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     return hits / (k * len(exact_rows))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_faiss_thread() -> Iterator[None]:
-    """FAISS's OpenMP threads spin-wait; on a shared, oversubscribed CI machine 2 threads run ~50x slower than 1."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 @pytest.fixture(scope="module")

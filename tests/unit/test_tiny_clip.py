@@ -15,9 +15,9 @@ from PIL import Image
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, DataFormatError
 from clipsearch.settings import ModelSettings
+from clipsearch_devtools import tiny_clip
+from clipsearch_devtools.unsplash_lite import THEMES, FixtureInfo, build_fixture
 from tests.conftest import ServedFixture
-from tests.fixtures import tiny_clip
-from tests.fixtures.unsplash_lite import THEMES, FixtureInfo, build_fixture
 
 K = 4
 

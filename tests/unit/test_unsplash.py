@@ -18,7 +18,7 @@ from clipsearch.unsplash import (
     read_lite,
     read_table,
 )
-from tests.fixtures.unsplash_lite import build_fixture
+from clipsearch_devtools.unsplash_lite import build_fixture
 
 
 def _shard(header: list[str], rows: list[list[str]]) -> bytes:
