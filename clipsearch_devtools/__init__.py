@@ -12,6 +12,7 @@ by ruff and mypy, but the Dockerfile copies only `clipsearch/`, `training/` and 
 - `gemini_standin`: a local stand-in for the Gemini REST API, scripted per test or benchmark.
 - `processes`: free ports, child processes waited on over HTTP, an MLflow server.
 - `repo_copy`: a clean copy of this checkout (for `dvc repro` in a scratch directory).
+- `vectors`, `artifacts`: synthetic CLIP-like embeddings and artifact metadata for tests and benchmarks.
 - `fixture_run`: the whole loop against the fixture (`make fixture-run`).
 
 Modules here assume a source checkout (`repo_copy.REPO` is the directory above this package).

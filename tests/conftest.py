@@ -13,6 +13,15 @@ from clipsearch_devtools.gemini_standin import GeminiStandin
 from clipsearch_devtools.http_server import FixtureServer
 from clipsearch_devtools.unsplash_lite import FixtureInfo, build_fixture
 
+INFRA_DIR = Path(__file__).resolve().parent / "infra"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/infra is the `infra` tier (validators that need external tools), wherever it runs."""
+    for item in items:
+        if INFRA_DIR in item.path.parents:
+            item.add_marker(pytest.mark.infra)
+
 
 @dataclass
 class ServedFixture:

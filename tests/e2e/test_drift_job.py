@@ -17,7 +17,7 @@ import pytest
 
 from clipsearch_devtools.artifacts import metadata_frame
 from clipsearch_devtools.processes import mlflow_server
-from tests.support.embeddings import embeddings as support_embeddings
+from clipsearch_devtools.vectors import embeddings as support_embeddings
 
 pytestmark = pytest.mark.e2e
 

@@ -184,6 +184,7 @@ def test_chunks_from_another_model_are_refused(
     assert all(read_chunk(p).model == tiny_encoder.identity for p in list_chunks(features))
 
 
+@pytest.mark.e2e  # DataLoader worker processes
 def test_decoding_in_worker_processes_gives_the_same_chunks(
     data: Path, tiny_model_settings: ModelSettings, tiny_encoder: ClipEncoder, tmp_path: Path
 ) -> None:

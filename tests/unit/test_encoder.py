@@ -143,12 +143,17 @@ def test_truncated_text_path_equals_open_clip_vit_b_32_random() -> None:
     assert enc.identity.dim == 512
 
 
-def test_identity_is_deterministic_across_loads_and_processes(tiny_model_settings: ModelSettings) -> None:
+def test_identity_is_deterministic_across_loads(tiny_model_settings: ModelSettings) -> None:
     first = ClipEncoder(tiny_model_settings).identity
     second = ClipEncoder(tiny_model_settings).identity
     assert first == second
     assert (first.arch, first.pretrained, first.dim) == ("clipsearch-tiny", "random", 32)
     assert len(first.weights_sha256) == 64
+
+
+@pytest.mark.e2e  # starts a Python process
+def test_identity_is_the_same_in_a_fresh_process(tiny_model_settings: ModelSettings) -> None:
+    first = ClipEncoder(tiny_model_settings).identity
     # A fresh interpreter (as a DVC stage would be) finds the tiny config and derives the same weights.
     code = (
         "from clipsearch.encoder import ClipEncoder; from clipsearch.settings import ModelSettings; "
@@ -234,6 +239,7 @@ def test_unknown_architecture_suggests_close_names() -> None:
         resolve_weights("ViT-B-23", "openai", cache_dir=None)
 
 
+@pytest.mark.e2e  # wall-clock: "fails fast" is a time bound
 def test_unreachable_hub_fails_fast_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No network (here: the hub endpoint is a closed loopback port) and nothing cached: a clear, quick error."""
     from huggingface_hub import constants as hf_constants

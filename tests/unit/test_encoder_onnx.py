@@ -119,6 +119,7 @@ def test_export_is_cached_and_reused(
     np.testing.assert_array_equal(again.encode_text(TEXTS), onnx_fp32.encode_text(TEXTS))
 
 
+@pytest.mark.e2e  # two full ONNX exports into a fresh cache (~15 s on 2 cores)
 def test_damaged_cache_entry_is_exported_again(tiny_model_settings: ModelSettings, tmp_path: Path) -> None:
     first = ClipEncoder(_onnx_settings(tiny_model_settings, tmp_path)).load()
     assert isinstance(first.text_backend, OnnxTextBackend)

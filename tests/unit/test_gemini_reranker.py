@@ -64,11 +64,26 @@ def candidates() -> list[Candidate]:
     ]
 
 
+class ManualClock:
+    """The re-ranker's injected clock: time moves only when the test, or the re-ranker's injected sleep, moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    advance = sleep
+
+
 @pytest.fixture
 def make_reranker(gemini_standin: GeminiStandin, images_dir: Path) -> Iterator[MakeReranker]:
     made: list[GeminiReranker] = []
 
-    def make(**overrides: object) -> GeminiReranker:
+    def make(clock: ManualClock | None = None, **overrides: object) -> GeminiReranker:
         fields: dict[str, object] = {
             "api_key": API_KEY,
             "base_url": gemini_standin.base_url,
@@ -81,7 +96,11 @@ def make_reranker(gemini_standin: GeminiStandin, images_dir: Path) -> Iterator[M
         }
         fields.update(overrides)
         settings = RerankSettings.model_validate(fields)
-        reranker = GeminiReranker.from_settings(settings, images_dir)
+        if clock is None:
+            reranker = GeminiReranker.from_settings(settings, images_dir)
+        else:
+            thumbnails = ThumbnailProvider.from_settings(settings, images_dir)
+            reranker = GeminiReranker(settings, api_key=API_KEY, thumbnails=thumbnails, clock=clock, sleep=clock.sleep)
         assert reranker is not None
         made.append(reranker)
         return reranker
@@ -142,8 +161,11 @@ def test_quota_is_retried_then_falls_back(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
     gemini_standin.default = quota()
-    reranker = make_reranker()
-    out, elapsed = timed(lambda: reranker.rerank("city at night", candidates, k=4))
+    clock = ManualClock()
+    reranker = make_reranker(clock)
+    started = clock()
+    out = reranker.rerank("city at night", candidates, k=4)
+    elapsed = clock() - started  # the backoff sleeps, on the re-ranker's own clock
     assert not out.applied and out.fallback_reason == "quota"
     assert ids_of(out) == IDS[:4]
     assert gemini_standin.request_count == 3 == out.usage["attempts"]  # 1 + max_retries
@@ -169,6 +191,7 @@ def test_persistent_5xx_is_overloaded(
     assert out.fallback_reason == "overloaded" and gemini_standin.request_count == 1
 
 
+@pytest.mark.e2e  # wall-clock: the time budget against a real hanging call
 def test_hang_falls_back_to_timeout_within_budget(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
@@ -182,6 +205,7 @@ def test_hang_falls_back_to_timeout_within_budget(
     assert gemini_standin.request_count == 1  # a hang is not retried: the budget is gone
 
 
+@pytest.mark.e2e  # wall-clock: the time budget against a real hanging call
 def test_timeout_holds_with_cold_thumbnail_cache(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
@@ -257,18 +281,19 @@ def test_prompt_injection_cannot_introduce_ids(
 def test_breaker_opens_after_failures_then_half_opens(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
-    reranker = make_reranker(max_retries=0, breaker_failures=2, breaker_reset_s=0.3)
+    clock = ManualClock()
+    reranker = make_reranker(clock, max_retries=0, breaker_failures=2, breaker_reset_s=0.3)
     gemini_standin.script(unavailable(), unavailable(), unavailable())
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"
-    out, elapsed = timed(lambda: reranker.rerank("q", candidates, 4))
-    assert out.fallback_reason == "breaker_open" and elapsed < 0.01
+    out = reranker.rerank("q", candidates, 4)
+    assert out.fallback_reason == "breaker_open"
     assert gemini_standin.request_count == 2  # refused without an HTTP call
-    time.sleep(0.32)
+    clock.advance(0.32)
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"  # the half-open trial failed
     assert reranker.rerank("q", candidates, 4).fallback_reason == "breaker_open"
     assert gemini_standin.request_count == 3
-    time.sleep(0.32)
+    clock.advance(0.32)
     assert reranker.rerank("q", candidates, 4).applied  # trial succeeds: closed again
     assert reranker.rerank("q", candidates, 4).applied
     assert gemini_standin.request_count == 5
@@ -403,6 +428,7 @@ class BlockingClient:
         self.release.set()
 
 
+@pytest.mark.e2e  # wall-clock: an abandoned call keeps its slot until it really ends
 def test_abandoned_calls_are_bounded_and_release_their_slot(candidates: list[Candidate], images_dir: Path) -> None:
     settings = RerankSettings(api_key=API_KEY, budget_s=0.2, max_retries=0, breaker_failures=5)
     client = BlockingClient()

@@ -1,4 +1,4 @@
-"""Synthetic CLIP-like embeddings for drift tests (unit and e2e share one definition)."""
+"""Synthetic CLIP-like embeddings for drift tests and benchmarks (one definition)."""
 
 from __future__ import annotations
 
