@@ -85,7 +85,8 @@ def test_files_in_metrics_and_html_report_out(mlflow_url: str, tmp_path: Path) -
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"drift_report.html", "drift_result.json"} <= artifacts
     html = Path(client.download_artifacts(run.info.run_id, "drift_report.html", str(tmp_path))).read_text()
-    assert "Drift in embeddings" in html and len(html) > 10_000
+    assert "Drift in embeddings" in html
+    assert len(html) > 10_000
 
     same = run_job(["--reference", "ref.npy", "--current", "same.npy", "--fail-on-drift", "--no-html"], tmp_path, env)
     assert same.returncode == 0, same.stderr[-3000:]
@@ -130,7 +131,8 @@ def test_reference_from_registered_champion(mlflow_url: str, tmp_path: Path) -> 
     env = {"CLIPSEARCH_REGISTRY__TRACKING_URI": mlflow_url, "CLIPSEARCH_REGISTRY__MODEL_NAME": settings.model_name}
     job = run_job(["--current", "drifted.npy", "--no-html", "--cache-dir", str(tmp_path / "cache")], tmp_path, env)
     assert job.returncode == 0, job.stderr[-3000:]
-    assert "DRIFT" in job.stdout and "n_reference=150" in job.stdout
+    assert "DRIFT" in job.stdout
+    assert "n_reference=150" in job.stdout
     tags = client.get_run(run_id_of(job.stdout)).data.tags
     assert tags["model_version"] == version.version
     assert tags["model_name"] == settings.model_name
@@ -193,4 +195,5 @@ def test_window_from_service_with_admin_token(tmp_path: Path) -> None:
 
         wrong = run_job([*base, "--admin-token", "nope"], tmp_path, {})
         assert wrong.returncode == 2
-        assert "refused the request (401" in wrong.stderr and "--admin-token" in wrong.stderr
+        assert "refused the request (401" in wrong.stderr
+        assert "--admin-token" in wrong.stderr

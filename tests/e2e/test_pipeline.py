@@ -79,7 +79,8 @@ def test_flipped_byte_is_refused(reproduced: PipelineRepo, tmp_path) -> None:
     vectors.write_bytes(bytes(data))
     proc = reproduced.run(str(BIN / "clipsearch"), "verify", str(copy), check=False)
     assert proc.returncode == 2
-    assert "vectors.npy" in proc.stderr and "sha256" in proc.stderr.lower()
+    assert "vectors.npy" in proc.stderr
+    assert "sha256" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
 
 
@@ -104,5 +105,6 @@ def test_promote_gate_accepts_then_refuses_a_worse_challenger(reproduced: Pipeli
 
     refused = repo.run(str(BIN / "clipsearch"), "promote", check=False)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "refused" in refused.stderr and "worse by" in refused.stdout
+    assert "refused" in refused.stderr
+    assert "worse by" in refused.stdout
     assert client.get_model_version_by_alias("clipsearch-index", "champion").version == champion

@@ -74,7 +74,8 @@ def set_champion(service: LiveService, version: str) -> None:
 
 def test_ready_and_search_over_http(live_service: LiveService) -> None:
     status = ready(live_service)
-    assert status["ready"] and not status["stale"]
+    assert status["ready"]
+    assert not status["stale"]
     assert status["index_size"] == 300
     assert status["reranker"].startswith("gemini")
     r = httpx.get(live_service.url("/search"), params={"q": "a snowy mountain", "rerank": "off"}, timeout=10)
@@ -97,9 +98,11 @@ def test_ready_and_search_over_http(live_service: LiveService) -> None:
         json={"q": "a snowy mountain", "k": 6, "candidates": 12, "rerank": "off"},
         timeout=10,
     )
-    assert posted.status_code == 200 and len(posted.json()["results"]) == 6
+    assert posted.status_code == 200
+    assert len(posted.json()["results"]) == 6
     image = httpx.get(body["results"][0]["thumbnail_url"], timeout=10)
-    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/jpeg"
 
 
 @pytest.mark.parametrize(
@@ -146,7 +149,8 @@ def test_gemini_rerank_applied_and_fallbacks(live_service: LiveService) -> None:
     start = time.perf_counter()
     body = httpx.get(live_service.url("/search"), params={"q": "desert dunes", "rerank": "on"}, timeout=10).json()
     elapsed = time.perf_counter() - start
-    assert body["rerank"]["applied"] is False and body["rerank"]["fallback_reason"] == "timeout"
+    assert body["rerank"]["applied"] is False
+    assert body["rerank"]["fallback_reason"] == "timeout"
     assert len(body["results"]) == 4
     assert elapsed < 0.6 + 0.5, elapsed  # budget 0.6 s, plus encode/search/HTTP on a loaded machine
 
@@ -181,9 +185,11 @@ def test_drift_is_computed_from_recent_queries(live_service: LiveService) -> Non
 
     wait_for(available, 30, "a drift result")
     drift = httpx.get(live_service.url("/drift"), timeout=5).json()
-    assert drift["drift_score"] is not None and drift["n_current"] >= 5
+    assert drift["drift_score"] is not None
+    assert drift["n_current"] >= 5
     html = httpx.get(live_service.url("/drift"), params={"format": "html"}, timeout=10)
-    assert html.status_code == 200 and "<html" in html.text.lower()
+    assert html.status_code == 200
+    assert "<html" in html.text.lower()
     assert "clipsearch_drift_score" in httpx.get(live_service.url("/metrics"), timeout=5).text
 
 
@@ -198,7 +204,8 @@ def test_admin_reload_needs_the_token(live_service: LiveService) -> None:
         headers={"Authorization": f"Bearer {live_service.admin_token}"},
         timeout=10,
     )
-    assert window.status_code == 200 and window.content[:6] == b"\x93NUMPY"
+    assert window.status_code == 200
+    assert window.content[:6] == b"\x93NUMPY"
 
 
 def test_swap_under_concurrent_load_has_zero_failures(live_service: LiveService, tmp_path: Path) -> None:
@@ -247,7 +254,8 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(live_service: 
     wait_for(refused, 60, "the corrupt version to be refused")
     assert ready(live_service)["index_version"] == serving["index_version"]
     r = httpx.get(live_service.url("/search"), params={"q": "forest", "rerank": "off"}, timeout=10)
-    assert r.status_code == 200 and r.json()["index_version"] == serving["index_version"]
+    assert r.status_code == 200
+    assert r.json()["index_version"] == serving["index_version"]
     set_champion(live_service, serving["registry_version"])
 
 
@@ -268,10 +276,12 @@ def test_registry_down_serves_the_cached_version_as_stale(live_service: LiveServ
     base = f"http://127.0.0.1:{port}"
     with running(cmd, f"{base}/readyz", tmp_path / "stale.log", env=env, cwd=live_service.repo.root, timeout_s=120):
         status = httpx.get(f"{base}/readyz", timeout=5).json()
-        assert status["ready"] and status["stale"], status
+        assert status["ready"], status
+        assert status["stale"], status
         assert "cached" in status["reason"]
         body = httpx.get(f"{base}/search", params={"q": "forest"}, timeout=10).json()
-        assert body["stale"] is True and len(body["results"]) == 4
+        assert body["stale"] is True
+        assert len(body["results"]) == 4
 
 
 def test_no_registry_and_no_cache_is_not_ready_with_a_reason(live_service: LiveService, tmp_path: Path) -> None:
@@ -294,9 +304,11 @@ def test_no_registry_and_no_cache_is_not_ready_with_a_reason(live_service: LiveS
         wait_for(answered, 60, "the start-up attempt to finish")
         r = httpx.get(f"{base}/readyz", timeout=5)
         assert r.status_code == 503
-        assert "no index to serve" in r.json()["reason"] and "unreachable" in r.json()["reason"]
+        assert "no index to serve" in r.json()["reason"]
+        assert "unreachable" in r.json()["reason"]
         s = httpx.get(f"{base}/search", params={"q": "forest"}, timeout=5)
-        assert s.status_code == 503 and "not ready" in s.json()["detail"]
+        assert s.status_code == 503
+        assert "not ready" in s.json()["detail"]
 
 
 def test_chat_page_renders_four_images_in_chromium(live_service: LiveService, tmp_path: Path) -> None:

@@ -94,5 +94,5 @@ def test_exactly_one_trial_under_concurrency(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize(("failures", "reset_s"), [(0, 1.0), (1, 0.0)])
 def test_rejects_nonsense_configuration(failures: int, reset_s: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be"):
         CircuitBreaker(failures, reset_s)

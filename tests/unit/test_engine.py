@@ -33,7 +33,7 @@ class Reverse:
 
     name = "reverse"
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:
+    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:  # noqa: ARG002 - protocol
         ranked = list(reversed(candidates))[:k]
         results = [RankedResult(candidate=c, rank=i + 1, reason=f"reversed {c.photo_id}") for i, c in enumerate(ranked)]
         return RerankOutcome(results=results, applied=True, usage={"prompt_tokens": 10.0})
@@ -47,14 +47,16 @@ def test_search_returns_the_nearest_with_timings(tmp_path, tiny_encoder) -> None
     assert result.results[0].candidate.score == pytest.approx(1.0, abs=1e-4)
     assert set(result.timings_ms) == {"encode", "search", "rerank", "total"}
     assert result.timings_ms["total"] >= result.timings_ms["search"]
-    assert result.rerank_applied is False and result.rerank_fallback_reason == "disabled"
+    assert result.rerank_applied is False
+    assert result.rerank_fallback_reason == "disabled"
     assert result.index_version == engine.index_version
 
 
 def test_reranker_is_applied_only_when_asked(tmp_path, tiny_encoder) -> None:
     engine = load_engine(_artifact(tmp_path, tiny_encoder), tiny_encoder, reranker=Reverse())
     applied = engine.search("night city", k=2, candidates=6)
-    assert applied.rerank_applied and applied.results[0].reason
+    assert applied.rerank_applied
+    assert applied.results[0].reason
     assert applied.results[0].candidate.photo_id != "photo3"
     assert applied.rerank_usage == {"prompt_tokens": 10.0}
     skipped = engine.search("night city", k=2, candidates=6, rerank=False)

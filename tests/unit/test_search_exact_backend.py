@@ -28,7 +28,9 @@ def test_faiss_backend_equals_numpy(n_queries: int) -> None:
     x, q = structured(3000, 64, seed=0), structured(n_queries, 64, seed=1)
     ref_scores, ref_rows = ExactIndex(x).search(q, 10)
     scores, rows = ExactIndex(x, backend="faiss").search(q, 10)
-    assert rows.dtype == np.int64 and scores.dtype == np.float32 and rows.shape == (n_queries, 10)
+    assert rows.dtype == np.int64
+    assert scores.dtype == np.float32
+    assert rows.shape == (n_queries, 10)
     np.testing.assert_array_equal(rows, ref_rows)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6, rtol=0)
 
@@ -47,7 +49,9 @@ def test_faiss_backend_ties_in_row_order_and_k_past_the_end() -> None:
     index = ExactIndex(x, backend="faiss")
     assert index.search(x[:1], 4)[1][0].tolist() == [0, 1, 2, 3]
     _, rows = index.search(x[:1], 50)
-    assert rows[0].tolist() == [0, 1, 2, 3, 4, 5] and len(index) == 6 and index.dim == 4
+    assert rows[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert len(index) == 6
+    assert index.dim == 4
     assert index.search(x[:1], 0)[1].shape == (1, 0)
 
 
@@ -57,7 +61,8 @@ def test_backend_is_recorded_and_restored() -> None:
     assert built.params == {"backend": "faiss"}
     assert build_index(x, IndexSettings(kind="exact")).params == {}  # default: numpy, manifest unchanged
     loaded = load_index("exact", dict(built.params), x.astype(np.float16), None)
-    assert isinstance(loaded, ExactIndex) and loaded.params == {"backend": "faiss"}
+    assert isinstance(loaded, ExactIndex)
+    assert loaded.params == {"backend": "faiss"}
     np.testing.assert_array_equal(loaded.search(x[:3], 5)[1], ExactIndex(x).search(x[:3], 5)[1])
 
 
