@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clipsearch_devtools.gemini_standin import GeminiStandin
 from clipsearch_devtools.processes import clean_environ, mlflow_server
 from clipsearch_devtools.repo_copy import copy_repo
 
@@ -96,7 +97,7 @@ class LiveService:
     base_url: str
     repo: PipelineRepo
     cache_dir: Path
-    standin: object
+    standin: GeminiStandin
     admin_token: str = "test-admin-token"
 
     def url(self, path: str) -> str:
@@ -135,7 +136,6 @@ def ensure_champion(repo: PipelineRepo) -> str:
 @pytest.fixture(scope="session")
 def live_service(reproduced: PipelineRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """uvicorn + the real app, re-ranking through a local Gemini stand-in, following @champion every second."""
-    from clipsearch_devtools.gemini_standin import GeminiStandin
     from clipsearch_devtools.processes import free_port, running
 
     ensure_champion(reproduced)

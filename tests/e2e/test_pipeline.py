@@ -30,6 +30,7 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     client = MlflowClient(tracking_uri=reproduced.tracking_uri, registry_uri=reproduced.tracking_uri)
     version = client.get_model_version_by_alias("clipsearch-index", "challenger")
     assert version.version == registered["version"]
+    assert version.run_id is not None
     run = client.get_run(version.run_id)
     assert run.data.metrics["ndcg_at_4"] == pytest.approx(metrics["ndcg_at_4"])
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}

@@ -64,6 +64,7 @@ def register_variant(service: LiveService, tmp: Path, *, kind: str = "hnsw", cor
         data[-3] ^= 0x10
         vectors.write_bytes(bytes(data))
     settings = RegistrySettings(tracking_uri=service.repo.tracking_uri)
+    assert champion.run_id is not None
     registered = register_index(settings, out, run_id=champion.run_id, tags={"variant": kind, "corrupt": str(corrupt)})
     return registered.version
 

@@ -180,7 +180,7 @@ def test_concurrent_first_use_loads_once(tiny_model_settings: ModelSettings, mon
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append(str(args[0]))
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(open_clip, "create_model", counting)
     enc = ClipEncoder(tiny_model_settings)
