@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import QUERIES, percentiles_ms, print_table, write_result
-from tests.support.processes import free_port, running
+from clipsearch_devtools.processes import free_port, running
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,7 +1,7 @@
 """Gemini re-rank: overhead beyond the model's own latency, the hard time budget, and tokens/dollars per request.
 
 The real `GeminiReranker` (google-genai client, thumbnails, schema-constrained prompt, usage accounting) talks
-to the local Gemini REST stand-in (`tests/fixtures/gemini_standin.py`) running in another process, as a remote
+to the local Gemini REST stand-in (`clipsearch_devtools/gemini_standin.py`) running in another process, as a remote
 API would. The stand-in answers after a fixed `--latency` (800 ms by default); everything beyond that is
 our overhead (thumbnails, JPEG encode, JSON, HTTP). A second stand-in that hangs checks that no call outlives
 the budget by more than 50 ms. Tokens and dollars come from the same `usage_metadata` path the service uses;
@@ -37,7 +37,7 @@ GOAL_COST_USD = 0.001
 
 
 def _serve(queue: Any, latency_s: float, hang_s: float) -> None:
-    from tests.fixtures.gemini_standin import GeminiStandin, hang
+    from clipsearch_devtools.gemini_standin import GeminiStandin, hang
 
     standin = GeminiStandin(hang(hang_s) if hang_s else None, latency_s=latency_s).start()
     queue.put(standin.base_url)

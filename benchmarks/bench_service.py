@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pandas as pd
 
 from benchmarks.common import QUERIES, percentiles_ms, print_table, rss_mb, structured_vectors, write_result
 
@@ -52,22 +51,20 @@ def prepare(workdir: Path, size: int, exact_backend: str) -> tuple[Path, Path]:
     from clipsearch.encoder import ClipEncoder
     from clipsearch.index.artifact import METADATA_COLUMNS, write_artifact
     from clipsearch.settings import IndexSettings, ModelSettings
+    from clipsearch_devtools.artifacts import metadata_frame
 
     weights = workdir / "vit-b-32-random.pt"
     model = ClipEncoder(ModelSettings(arch=ARCH, pretrained="random", device="cpu")).load().model
     torch.save(model.state_dict(), weights)
     identity = ClipEncoder(ModelSettings(arch=ARCH, pretrained=str(weights), device="cpu")).identity
     ids = [f"bench{i:07d}" for i in range(size)]
-    meta = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example.com/{i}" for i in ids],
-            "description": [QUERIES[i % len(QUERIES)] for i in range(size)],
-            "photographer": "bench",
-            "width": 400,
-            "height": 267,
-            "blur_hash": "",
-        }
+    meta = metadata_frame(
+        ids,
+        image_url=[f"https://images.example.com/{i}" for i in ids],
+        description=[QUERIES[i % len(QUERIES)] for i in range(size)],
+        photographer="bench",
+        height=267,
+        blur_hash="",
     )[list(METADATA_COLUMNS)]
     out = workdir / "index"
     settings = IndexSettings(kind="exact", exact_backend=exact_backend)
@@ -177,7 +174,7 @@ def run(
 ) -> dict[str, Any]:
     import psutil
 
-    from tests.support.processes import free_port, mlflow_server, wait_http
+    from clipsearch_devtools.processes import free_port, mlflow_server, wait_http
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-service-"))
     t = time.perf_counter()

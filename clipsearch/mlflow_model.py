@@ -32,7 +32,10 @@ class IndexSearchModel(PythonModel):
         self.engine = load_engine(index_dir, ClipEncoder(settings))
 
     def predict(
-        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self,
+        context: PythonModelContext,  # noqa: ARG002 - MLflow's PythonModel.predict signature
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         k = int((params or {}).get("k", 4))
         rows: list[dict[str, Any]] = []

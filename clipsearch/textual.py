@@ -184,7 +184,7 @@ class OnnxTextBackend(_TruncatedBackend):
         """The cached ONNX graph this backend runs."""
         return self.session.path
 
-    def _tower(self, x: torch.Tensor, eot: torch.Tensor, length: int) -> np.ndarray:
+    def _tower(self, x: torch.Tensor, eot: torch.Tensor, length: int) -> np.ndarray:  # noqa: ARG002 - the graph slices its mask
         return _normalised(self.session(x.numpy(), eot.numpy()))
 
 

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.gemini_standin import GeminiStandin
-from tests.fixtures.http_server import FixtureServer
-from tests.fixtures.unsplash_lite import FixtureInfo, build_fixture
+from clipsearch_devtools.gemini_standin import GeminiStandin
+from clipsearch_devtools.http_server import FixtureServer
+from clipsearch_devtools.unsplash_lite import FixtureInfo, build_fixture
+
+INFRA_DIR = Path(__file__).resolve().parent / "infra"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/infra is the `infra` tier (validators that need external tools), wherever it runs."""
+    for item in items:
+        if INFRA_DIR in item.path.parents:
+            item.add_marker(pytest.mark.infra)
 
 
 @dataclass
@@ -24,16 +33,6 @@ class ServedFixture:
     @property
     def zip_url(self) -> str:
         return self.server.zip_url
-
-
-INFRA_DIR = Path(__file__).parent / "infra"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/infra is the `infra` tier (`make test-infra`): it needs the validator tools."""
-    for item in items:
-        if INFRA_DIR in item.path.parents:
-            item.add_marker(pytest.mark.infra)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +64,7 @@ def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     `$CLIPSEARCH_TEST_CACHE/onnx` (else ~/.cache/clipsearch-tests/onnx); on CI without a cache dir, a temp dir.
     """
     from clipsearch.onnx_text import CACHE_ENV as ONNX_CACHE_ENV
-    from tests.fixtures.tiny_clip import CACHE_ENV, default_cache_dir
+    from clipsearch_devtools.tiny_clip import CACHE_ENV, default_cache_dir
 
     fresh = bool(os.environ.get("CI")) and not os.environ.get(CACHE_ENV)
     cache = tmp_path_factory.mktemp("onnx-cache") if fresh else default_cache_dir() / "onnx"
@@ -102,7 +101,7 @@ def tiny_clip_checkpoint(unsplash_fixture_server: ServedFixture, tmp_path_factor
     `$CLIPSEARCH_TEST_CACHE` (else ~/.cache/clipsearch-tests) when this fixture content was trained before;
     on CI (`CI` set, no cache dir given) it is trained afresh into the session's temp dir.
     """
-    from tests.fixtures.tiny_clip import CACHE_ENV, cached_tiny_clip
+    from clipsearch_devtools.tiny_clip import CACHE_ENV, cached_tiny_clip
 
     fresh = bool(os.environ.get("CI")) and not os.environ.get(CACHE_ENV)
     cache_dir = tmp_path_factory.mktemp("tiny-clip") if fresh else None
@@ -111,6 +110,20 @@ def tiny_clip_checkpoint(unsplash_fixture_server: ServedFixture, tmp_path_factor
 
 @pytest.fixture
 def gemini_standin() -> Iterator[GeminiStandin]:
-    """A local Gemini REST stand-in on 127.0.0.1 (see tests/fixtures/gemini_standin.py); script it per test."""
+    """A local Gemini REST stand-in on 127.0.0.1 (see clipsearch_devtools/gemini_standin.py); script it per test."""
     with GeminiStandin() as standin:
         yield standin
+
+
+@pytest.fixture(scope="module")
+def single_faiss_thread() -> Iterator[None]:
+    """FAISS on one OpenMP thread for a module (`pytestmark = pytest.mark.usefixtures("single_faiss_thread")`).
+
+    FAISS's OpenMP threads spin-wait; on a shared, oversubscribed CI machine 2 threads run ~50x slower than 1.
+    """
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)

@@ -3,14 +3,18 @@
 It is the unit the pipeline builds, MLflow registers and the service pulls, so it must be impossible to
 serve one that is half-written, corrupted or built by another model:
 
-- `write_artifact` writes into a temporary sibling directory, fsyncs every file, then renames it into
-  place (replacing an older artifact only after the new one is complete);
+- `write_artifact` writes through `clipsearch.fileio.atomic_directory`: a temporary sibling directory, every
+  file fsynced, then renamed into place (replacing an older artifact only after the new one is complete);
 - `load_artifact` reads each file once, checks its sha256 against the manifest, checks the arrays against
   the manifest (count, dim, finite, unit norm, unique ids, metadata aligned with ids) and, when given, that
   the serving encoder's `ModelIdentity` is exactly the one that produced the vectors.
 
 Layout (see docs/ARCHITECTURE.md): vectors.npy, ids.npy, metadata.parquet, optional faiss.index,
 optional reference_queries.npy (evaluation query embeddings, the drift reference), manifest.json.
+
+Why one file of ~500 lines: the manifest model, the writer and the verifying reader are the two halves of one
+contract (format version, file list, checksums, array checks); kept together, a change to one side is made next
+to the other, and the reader cannot drift from what the writer produces.
 """
 
 from __future__ import annotations

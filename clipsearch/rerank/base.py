@@ -29,5 +29,5 @@ class NoopReranker:
 
     name = "none"
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:
+    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:  # noqa: ARG002 - protocol
         return RerankOutcome(results=clip_order(candidates, k), applied=False, fallback_reason="disabled")

@@ -141,7 +141,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return response
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001 - handler signature
         log.exception("unhandled error")
         return _error(request, 500, "internal error; the request id in this response identifies it in the logs")
 

@@ -117,7 +117,7 @@ async def _run_search(
 
 
 @lru_cache(maxsize=4096)
-def _thumbnail(path: str, mtime: float) -> bytes:
+def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is part of the cache key
     """A cached thumbnail of a local image (keyed by mtime, so a replaced file is re-read)."""
     return make_thumbnail(Path(path).read_bytes(), THUMB_PX)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.processes import clean_environ, mlflow_server
-from tests.support.repo_copy import copy_repo
+from clipsearch_devtools.gemini_standin import GeminiStandin
+from clipsearch_devtools.processes import clean_environ, mlflow_server
+from clipsearch_devtools.repo_copy import copy_repo
 from training.fetch import sha256_file
 
 BIN = Path(sys.executable).parent
@@ -104,7 +105,7 @@ class LiveService:
     base_url: str
     repo: PipelineRepo
     cache_dir: Path
-    standin: object
+    standin: GeminiStandin
     admin_token: str = "test-admin-token"
 
     def url(self, path: str) -> str:
@@ -143,8 +144,7 @@ def ensure_champion(repo: PipelineRepo) -> str:
 @pytest.fixture(scope="session")
 def live_service(reproduced: PipelineRepo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     """uvicorn + the real app, re-ranking through a local Gemini stand-in, following @champion every second."""
-    from tests.fixtures.gemini_standin import GeminiStandin
-    from tests.support.processes import free_port, running
+    from clipsearch_devtools.processes import free_port, running
 
     ensure_champion(reproduced)
     workdir = tmp_path_factory.mktemp("service")

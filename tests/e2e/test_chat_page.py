@@ -20,9 +20,9 @@ from typing import Any
 import playwright.sync_api as playwright_sync  # dev extras; a missing install fails, never skips
 import pytest
 
+from clipsearch_devtools.processes import free_port, running
 from tests.support import fake_search_app as fake
 from tests.support.browser import browser_path
-from tests.support.processes import free_port, running
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -34,8 +34,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-WIDE = {"width": 1280, "height": 900}
-NARROW = {"width": 390, "height": 844}
+WIDE = playwright_sync.ViewportSize(width=1280, height=900)
+NARROW = playwright_sync.ViewportSize(width=390, height=844)
 TIMEOUT_MS = 30_000
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -286,9 +286,12 @@ def test_chat_page_end_to_end(chat_server: str, tmp_path: Path) -> None:
     first, second = run.answers
     assert all(f"{chat_server}/images/" in src for src in first.current_srcs)
     assert {s for s in first.srcs} != {s for s in second.srcs}, "different queries showed the same photos"
-    assert f"index {fake.INDEX_VERSION}" in first.meta and "re-ranked by gemini-2.5-flash" in first.meta
-    assert first.reasons and all(r.startswith("Why: ") for r in first.reasons)
-    assert run.error_detail == fake.ERROR_DETAIL and fake.ERROR_DETAIL in run.error_text
+    assert f"index {fake.INDEX_VERSION}" in first.meta
+    assert "re-ranked by gemini-2.5-flash" in first.meta
+    assert first.reasons
+    assert all(r.startswith("Why: ") for r in first.reasons)
+    assert run.error_detail == fake.ERROR_DETAIL
+    assert fake.ERROR_DETAIL in run.error_text
 
 
 def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str) -> None:
@@ -306,7 +309,8 @@ def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str)
             assert facts.html_in_captions == 0
             assert page.locator(".answer b, .answer script, .hit-caption img").count() == 0
             assert page.evaluate("document.body.dataset.pwned") is None
-            assert "CLIP order (re-ranking off)" in facts.meta and not facts.reasons
+            assert "CLIP order (re-ranking off)" in facts.meta
+            assert not facts.reasons
 
             page.locator("#query").fill(fake.DOWN_QUERY)
             page.locator("#query").press("Enter")

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from clipsearch.images import is_valid_image_file
+from clipsearch_devtools.http_server import ZIP_PATH, Faults
 from tests.conftest import ServedFixture
-from tests.fixtures.http_server import ZIP_PATH, Faults
 
 pytestmark = pytest.mark.e2e
 
@@ -66,30 +66,37 @@ def test_happy_path_then_rerun_fetches_nothing(fixture_server: ServedFixture, tm
 
     done = _run(tmp_path, env)
     assert done.returncode == 0, done.stderr
-    assert server.count(ZIP_PATH) == 1 and server.total_photo_requests() == 120
+    assert server.count(ZIP_PATH) == 1
+    assert server.total_photo_requests() == 120
 
     lite = tmp_path / "data" / "lite"
     photos = pd.read_parquet(lite / "photos.parquet")
     assert photos["photo_id"].tolist() == info.photo_ids[:120]
     conversions = pd.read_parquet(lite / "conversions.parquet")
-    assert set(conversions["photo_id"]) <= set(info.photo_ids[:120]) and len(conversions) > 0
+    assert set(conversions["photo_id"]) <= set(info.photo_ids[:120])
+    assert len(conversions) > 0
     assert str(conversions["converted_at"].dtype) == "datetime64[ns, UTC]"
     dataset = json.loads((lite / "dataset.json").read_text())
-    assert dataset["zip_sha256"] == pinned and dataset["counts"]["photos"] == 120
+    assert dataset["zip_sha256"] == pinned
+    assert dataset["counts"]["photos"] == 120
     assert dataset["resolved_url"] == server.zip_url
 
     images = sorted((tmp_path / "data" / "images").iterdir())
     assert [p.stem for p in images] == sorted(info.photo_ids[:120])
     for path in images[:10]:
         with Image.open(path) as img:
-            assert img.format == "JPEG" and img.width == 96  # `?w=96` was honoured
+            assert img.format == "JPEG"
+            assert img.width == 96
     report = _report(tmp_path)
-    assert report["ok"] and report["images"]["fetched"] == 120 and report["failures"] == []
+    assert report["ok"]
+    assert report["images"]["fetched"] == 120
+    assert report["failures"] == []
 
     server.requests.clear()
     again = _run(tmp_path, env)
     assert again.returncode == 0, again.stderr
-    assert server.count(ZIP_PATH) == 0 and server.total_photo_requests() == 0
+    assert server.count(ZIP_PATH) == 0
+    assert server.total_photo_requests() == 0
     assert _report(tmp_path)["images"]["skipped_existing"] == 120
 
 
@@ -155,10 +162,12 @@ def test_too_many_failures_fail_the_stage(fixture_server: ServedFixture, tmp_pat
     done = _run(tmp_path, _env(server.zip_url, limit=50, max_failure_ratio=0.02))
     assert done.returncode == 2
     assert "5 of 50 images failed (10.0%), above dataset.max_failure_ratio=2.0%" in done.stderr
-    assert "HTTP 404 (5x)" in done.stderr and "download.json" in done.stderr
+    assert "HTTP 404 (5x)" in done.stderr
+    assert "download.json" in done.stderr
     assert "Traceback" not in done.stderr
     report = _report(tmp_path)
-    assert report["ok"] is False and len(report["failures"]) == 5
+    assert report["ok"] is False
+    assert len(report["failures"]) == 5
 
 
 def test_truncated_zip_stops_with_a_clear_message(fixture_server: ServedFixture, tmp_path: Path) -> None:
@@ -168,7 +177,8 @@ def test_truncated_zip_stops_with_a_clear_message(fixture_server: ServedFixture,
     done = _run(tmp_path, _env(server.zip_url))
     assert done.returncode == 2
     assert "unsplash-lite.zip is not a readable zip" in done.stderr
-    assert "truncated or corrupt" in done.stderr and "Traceback" not in done.stderr
+    assert "truncated or corrupt" in done.stderr
+    assert "Traceback" not in done.stderr
     assert server.total_photo_requests() == 0
 
     server.reset()  # the mirror is fixed: the next run fetches the zip again (it was never verified)
@@ -195,7 +205,8 @@ def test_unreachable_host_gives_the_offline_message(tmp_path: Path) -> None:
     done = _run(tmp_path, _env(url, retries=1))
     assert done.returncode == 2
     assert f"Could not connect to {url}" in done.stderr
-    assert "may be offline" in done.stderr and "CLIPSEARCH_DATASET__URL" in done.stderr
+    assert "may be offline" in done.stderr
+    assert "CLIPSEARCH_DATASET__URL" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -203,4 +214,5 @@ def test_http_error_for_the_zip_names_the_status(fixture_server: ServedFixture, 
     url = fixture_server.server.base_url + "/data/lite/9.9.9"
     done = _run(tmp_path, _env(url))
     assert done.returncode == 2
-    assert f"{url} answered HTTP 404" in done.stderr and "Traceback" not in done.stderr
+    assert f"{url} answered HTTP 404" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -13,10 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from tests.support.processes import mlflow_server
+from clipsearch_devtools.artifacts import metadata_frame
+from clipsearch_devtools.processes import mlflow_server
+from clipsearch_devtools.vectors import embeddings as support_embeddings
 
 pytestmark = pytest.mark.e2e
 
@@ -26,13 +27,8 @@ EXPERIMENT = "clipsearch-drift"  # <settings.registry.experiment>-drift with the
 
 
 def embeddings(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
-    """Low-rank + noise, offset from the origin, L2-normalised; shift moves the first latent direction."""
-    basis = np.random.default_rng(7).normal(size=(RANK, DIM)) / 4
-    rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n, RANK))
-    latent[:, 0] += shift
-    x = latent @ basis + 0.3 * rng.normal(size=(n, DIM)) + 3 * basis.mean(axis=0)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    """The shared synthetic embeddings at the tiny model's dimension."""
+    return support_embeddings(n, seed, shift, dim=DIM, rank=RANK)
 
 
 def run_job(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,7 +85,8 @@ def test_files_in_metrics_and_html_report_out(mlflow_url: str, tmp_path: Path) -
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"drift_report.html", "drift_result.json"} <= artifacts
     html = Path(client.download_artifacts(run.info.run_id, "drift_report.html", str(tmp_path))).read_text()
-    assert "Drift in embeddings" in html and len(html) > 10_000
+    assert "Drift in embeddings" in html
+    assert len(html) > 10_000
 
     same = run_job(["--reference", "ref.npy", "--current", "same.npy", "--fail-on-drift", "--no-html"], tmp_path, env)
     assert same.returncode == 0, same.stderr[-3000:]
@@ -111,17 +108,7 @@ def test_reference_from_registered_champion(mlflow_url: str, tmp_path: Path) -> 
     settings = RegistrySettings(tracking_uri=mlflow_url, model_name="drift-e2e-index")
     vectors = embeddings(40, seed=9)
     ids = [f"p{i:03d}" for i in range(40)]
-    meta = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example/{i}" for i in ids],
-            "description": ["d"] * 40,
-            "photographer": ["a"] * 40,
-            "width": [400] * 40,
-            "height": [300] * 40,
-            "blur_hash": ["LEHV6nWB2yk8"] * 40,
-        }
-    )
+    meta = metadata_frame(ids, blur_hash="LEHV6nWB2yk8")
     model = ModelIdentity(arch="clipsearch-tiny", pretrained="random", weights_sha256="b" * 64, dim=DIM)
     manifest = write_artifact(
         tmp_path / "index",
@@ -144,7 +131,8 @@ def test_reference_from_registered_champion(mlflow_url: str, tmp_path: Path) -> 
     env = {"CLIPSEARCH_REGISTRY__TRACKING_URI": mlflow_url, "CLIPSEARCH_REGISTRY__MODEL_NAME": settings.model_name}
     job = run_job(["--current", "drifted.npy", "--no-html", "--cache-dir", str(tmp_path / "cache")], tmp_path, env)
     assert job.returncode == 0, job.stderr[-3000:]
-    assert "DRIFT" in job.stdout and "n_reference=150" in job.stdout
+    assert "DRIFT" in job.stdout
+    assert "n_reference=150" in job.stdout
     tags = client.get_run(run_id_of(job.stdout)).data.tags
     assert tags["model_version"] == version.version
     assert tags["model_name"] == settings.model_name
@@ -207,4 +195,5 @@ def test_window_from_service_with_admin_token(tmp_path: Path) -> None:
 
         wrong = run_job([*base, "--admin-token", "nope"], tmp_path, {})
         assert wrong.returncode == 2
-        assert "refused the request (401" in wrong.stderr and "--admin-token" in wrong.stderr
+        assert "refused the request (401" in wrong.stderr
+        assert "--admin-token" in wrong.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.repo_copy import copy_repo
+from clipsearch_devtools.repo_copy import copy_repo
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_repo(tmp_path_factory.mktemp("fresh-clone"))
 
 
-def test_plain_shell_has_no_project_python(fresh_clone: Path, tmp_path: Path) -> None:
+def test_plain_shell_has_no_project_python(tmp_path: Path) -> None:
     """The premise: in this shell, `python` is not the project's interpreter (so the next tests mean something)."""
     env = _plain_shell_env(tmp_path)
     probe = subprocess.run(
@@ -74,6 +74,7 @@ def test_make_run_offline_is_one_paragraph_and_exit_2(fresh_clone: Path, tmp_pat
     assert done.returncode == 2, output[-4000:]
     assert "Traceback" not in output
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
-    assert errors and errors[0].startswith("make run: error: Cannot reach 127.0.0.1:9"), done.stderr
+    assert errors, done.stderr
+    assert errors[0].startswith("make run: error: Cannot reach 127.0.0.1:9"), done.stderr
     assert "make fixture-run" in errors[0]
     assert not (fresh_clone / "data").exists(), "nothing half-done is left behind"

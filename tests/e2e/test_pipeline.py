@@ -31,6 +31,7 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     client = MlflowClient(tracking_uri=reproduced.tracking_uri, registry_uri=reproduced.tracking_uri)
     version = client.get_model_version_by_alias("clipsearch-index", "challenger")
     assert version.version == registered["version"]
+    assert version.run_id is not None
     run = client.get_run(version.run_id)
     assert run.data.metrics["ndcg_at_4"] == pytest.approx(metrics["ndcg_at_4"])
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
@@ -40,6 +41,7 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     # The MLflow UI opens the experiment as model development (not the GenAI overview) and shows the data lineage.
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+    assert run.inputs is not None
     inputs = run.inputs.dataset_inputs
     assert len(inputs) == 1, inputs
     assert inputs[0].dataset.name == "unsplash-lite-fixture"
@@ -47,7 +49,8 @@ def test_repro_builds_a_registered_challenger(reproduced: PipelineRepo) -> None:
     assert tags["mlflow.data.context"] == "evaluation"
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     lite_md5 = next(o["md5"] for o in lock["stages"]["download"]["outs"] if o["path"] == "data/lite")
-    assert inputs[0].dataset.digest == lite_md5[:36] and tags["dvc_md5:data/lite"] == lite_md5
+    assert inputs[0].dataset.digest == lite_md5[:36]
+    assert tags["dvc_md5:data/lite"] == lite_md5
 
 
 def test_registered_version_loads_as_a_pyfunc_model(reproduced: PipelineRepo) -> None:
@@ -92,7 +95,8 @@ def test_flipped_byte_is_refused(reproduced: PipelineRepo, tmp_path) -> None:
     vectors.write_bytes(bytes(data))
     proc = reproduced.run(str(BIN / "clipsearch"), "verify", str(copy), check=False)
     assert proc.returncode == 2
-    assert "vectors.npy" in proc.stderr and "sha256" in proc.stderr.lower()
+    assert "vectors.npy" in proc.stderr
+    assert "sha256" in proc.stderr.lower()
     assert "Traceback" not in proc.stderr
 
 
@@ -117,5 +121,6 @@ def test_promote_gate_accepts_then_refuses_a_worse_challenger(reproduced: Pipeli
 
     refused = repo.run(str(BIN / "clipsearch"), "promote", check=False)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "refused" in refused.stderr and "worse by" in refused.stdout
+    assert "refused" in refused.stderr
+    assert "worse by" in refused.stdout
     assert client.get_model_version_by_alias("clipsearch-index", "champion").version == champion

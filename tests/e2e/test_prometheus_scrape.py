@@ -12,9 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from clipsearch_devtools.processes import free_port, running
+from clipsearch_devtools.repo_copy import REPO
 from tests.e2e.conftest import LiveService
-from tests.support.processes import free_port, running
-from tests.support.repo_copy import REPO
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clipsearch_devtools.gemini_standin import GeminiStandin
+from clipsearch_devtools.processes import free_port, running
 from tests.e2e.conftest import BIN, LiveService, service_env
 from tests.e2e.test_service import wait_for
-from tests.fixtures.gemini_standin import GeminiStandin
-from tests.support.processes import free_port, running
 
 pytestmark = pytest.mark.e2e
 
@@ -47,13 +47,16 @@ def test_retired_model_shows_in_readyz_metric_and_response(live_service: LiveSer
                 f"{FALLBACK} via google-genai (fallback); unavailable: {PRIMARY} was not found"
             )
             metrics = httpx.get(f"{base}/metrics", timeout=5).text
-            assert _metric(metrics, PRIMARY) == "0.0" and _metric(metrics, FALLBACK) == "1.0"
+            assert _metric(metrics, PRIMARY) == "0.0"
+            assert _metric(metrics, FALLBACK) == "1.0"
 
             body = httpx.get(f"{base}/search", params={"q": "red flowers", "rerank": "on"}, timeout=10).json()
-            assert body["rerank"]["applied"] is True and body["rerank"]["model"] == FALLBACK, body["rerank"]
+            assert body["rerank"]["applied"] is True, body["rerank"]
+            assert body["rerank"]["model"] == FALLBACK, body["rerank"]
             assert [r.model for r in standin.requests] == [FALLBACK]  # the held-off primary is not asked
             sent = standin.requests[-1]
-            assert sent.thinking_config == {"thinkingLevel": "MINIMAL"} and sent.ignored == []
+            assert sent.thinking_config == {"thinkingLevel": "MINIMAL"}
+            assert sent.ignored == []
 
             standin.retire(FALLBACK)  # now nothing is left
             body = httpx.get(f"{base}/search", params={"q": "desert dunes", "rerank": "auto"}, timeout=10).json()

@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from clipsearch.index.artifact import load_artifact, write_artifact
 from clipsearch.registry import register_index
 from clipsearch.settings import IndexSettings, RegistrySettings
+from clipsearch_devtools import gemini_standin as gs
+from clipsearch_devtools.processes import free_port, running
 from tests.e2e.conftest import BIN, LiveService, service_env
-from tests.fixtures import gemini_standin as gs
-from tests.support.processes import free_port, running
 
 pytestmark = pytest.mark.e2e
 
@@ -64,6 +64,7 @@ def register_variant(service: LiveService, tmp: Path, *, kind: str = "hnsw", cor
         data[-3] ^= 0x10
         vectors.write_bytes(bytes(data))
     settings = RegistrySettings(tracking_uri=service.repo.tracking_uri)
+    assert champion.run_id is not None
     registered = register_index(settings, out, run_id=champion.run_id, tags={"variant": kind, "corrupt": str(corrupt)})
     return registered.version
 
@@ -74,7 +75,8 @@ def set_champion(service: LiveService, version: str) -> None:
 
 def test_ready_and_search_over_http(live_service: LiveService) -> None:
     status = ready(live_service)
-    assert status["ready"] and not status["stale"]
+    assert status["ready"]
+    assert not status["stale"]
     assert status["index_size"] == 300
     assert status["reranker"].startswith("gemini")
     r = httpx.get(live_service.url("/search"), params={"q": "a snowy mountain", "rerank": "off"}, timeout=10)
@@ -97,9 +99,11 @@ def test_ready_and_search_over_http(live_service: LiveService) -> None:
         json={"q": "a snowy mountain", "k": 6, "candidates": 12, "rerank": "off"},
         timeout=10,
     )
-    assert posted.status_code == 200 and len(posted.json()["results"]) == 6
+    assert posted.status_code == 200
+    assert len(posted.json()["results"]) == 6
     image = httpx.get(body["results"][0]["thumbnail_url"], timeout=10)
-    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/jpeg"
 
 
 @pytest.mark.parametrize(
@@ -143,14 +147,16 @@ def test_gemini_rerank_applied_and_fallbacks(live_service: LiveService) -> None:
     assert sent.images, "thumbnails must be sent inline"
     # The default model's request shape (the stand-in answers 400 to what gemini-3.5-flash-lite rejects).
     assert sent.model == body["rerank"]["model"] == "gemini-3.5-flash-lite"
-    assert sent.thinking_config == {"thinkingLevel": "MINIMAL"} and sent.ignored == []
+    assert sent.thinking_config == {"thinkingLevel": "MINIMAL"}
+    assert sent.ignored == []
     assert "(model found)" in ready(live_service)["reranker"]  # the start-up models lookup
 
     standin.script(gs.hang(5.0))
     start = time.perf_counter()
     body = httpx.get(live_service.url("/search"), params={"q": "desert dunes", "rerank": "on"}, timeout=10).json()
     elapsed = time.perf_counter() - start
-    assert body["rerank"]["applied"] is False and body["rerank"]["fallback_reason"] == "timeout"
+    assert body["rerank"]["applied"] is False
+    assert body["rerank"]["fallback_reason"] == "timeout"
     assert len(body["results"]) == 4
     assert elapsed < 0.6 + 0.5, elapsed  # budget 0.6 s, plus encode/search/HTTP on a loaded machine
 
@@ -185,9 +191,11 @@ def test_drift_is_computed_from_recent_queries(live_service: LiveService) -> Non
 
     wait_for(available, 30, "a drift result")
     drift = httpx.get(live_service.url("/drift"), timeout=5).json()
-    assert drift["drift_score"] is not None and drift["n_current"] >= 5
+    assert drift["drift_score"] is not None
+    assert drift["n_current"] >= 5
     html = httpx.get(live_service.url("/drift"), params={"format": "html"}, timeout=10)
-    assert html.status_code == 200 and "<html" in html.text.lower()
+    assert html.status_code == 200
+    assert "<html" in html.text.lower()
     assert "clipsearch_drift_score" in httpx.get(live_service.url("/metrics"), timeout=5).text
 
 
@@ -202,7 +210,8 @@ def test_admin_reload_needs_the_token(live_service: LiveService) -> None:
         headers={"Authorization": f"Bearer {live_service.admin_token}"},
         timeout=10,
     )
-    assert window.status_code == 200 and window.content[:6] == b"\x93NUMPY"
+    assert window.status_code == 200
+    assert window.content[:6] == b"\x93NUMPY"
 
 
 def test_swap_under_concurrent_load_has_zero_failures(live_service: LiveService, tmp_path: Path) -> None:
@@ -251,7 +260,8 @@ def test_corrupt_version_is_refused_and_the_old_one_keeps_serving(live_service: 
     wait_for(refused, 60, "the corrupt version to be refused")
     assert ready(live_service)["index_version"] == serving["index_version"]
     r = httpx.get(live_service.url("/search"), params={"q": "forest", "rerank": "off"}, timeout=10)
-    assert r.status_code == 200 and r.json()["index_version"] == serving["index_version"]
+    assert r.status_code == 200
+    assert r.json()["index_version"] == serving["index_version"]
     set_champion(live_service, serving["registry_version"])
 
 
@@ -272,10 +282,12 @@ def test_registry_down_serves_the_cached_version_as_stale(live_service: LiveServ
     base = f"http://127.0.0.1:{port}"
     with running(cmd, f"{base}/readyz", tmp_path / "stale.log", env=env, cwd=live_service.repo.root, timeout_s=120):
         status = httpx.get(f"{base}/readyz", timeout=5).json()
-        assert status["ready"] and status["stale"], status
+        assert status["ready"], status
+        assert status["stale"], status
         assert "cached" in status["reason"]
         body = httpx.get(f"{base}/search", params={"q": "forest"}, timeout=10).json()
-        assert body["stale"] is True and len(body["results"]) == 4
+        assert body["stale"] is True
+        assert len(body["results"]) == 4
 
 
 def test_no_registry_and_no_cache_is_not_ready_with_a_reason(live_service: LiveService, tmp_path: Path) -> None:
@@ -298,9 +310,11 @@ def test_no_registry_and_no_cache_is_not_ready_with_a_reason(live_service: LiveS
         wait_for(answered, 60, "the start-up attempt to finish")
         r = httpx.get(f"{base}/readyz", timeout=5)
         assert r.status_code == 503
-        assert "no index to serve" in r.json()["reason"] and "unreachable" in r.json()["reason"]
+        assert "no index to serve" in r.json()["reason"]
+        assert "unreachable" in r.json()["reason"]
         s = httpx.get(f"{base}/search", params={"q": "forest"}, timeout=5)
-        assert s.status_code == 503 and "not ready" in s.json()["detail"]
+        assert s.status_code == 503
+        assert "not ready" in s.json()["detail"]
 
 
 def test_chat_page_renders_four_images_in_chromium(live_service: LiveService, tmp_path: Path) -> None:

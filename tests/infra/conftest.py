@@ -105,7 +105,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
 
 
 @pytest.fixture(scope="session")
-def checkov_json(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, list[str]], dict[str, Any]]:
+def checkov_json() -> Callable[[str, list[str]], dict[str, Any]]:
     """Run checkov once per (key, args) in the session and return its merged JSON summary and failures."""
     cache: dict[str, dict[str, Any]] = {}
     import json

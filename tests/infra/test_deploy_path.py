@@ -56,8 +56,10 @@ def test_deploy_replaces_the_bootstrap_job_and_waits_for_it() -> None:
 def test_prod_promotes_the_index_staging_built_into_its_own_mlflow() -> None:
     ml = _load("ml-pipeline.yml")
     staging, prod = ml["jobs"]["pipeline"], ml["jobs"]["prod"]
-    assert staging["environment"] == "staging" and prod["environment"] == "prod"
-    assert prod["needs"] == "pipeline" and prod["runs-on"] == "deploy-prod"
+    assert staging["environment"] == "staging"
+    assert prod["environment"] == "prod"
+    assert prod["needs"] == "pipeline"
+    assert prod["runs-on"] == "deploy-prod"
     assert prod["permissions"] == {"contents": "read", "id-token": "write"}
     runs = _runs(prod)
     order = [runs.index(s) for s in ("dvc pull data/lite data/index", "evaluate", "register", "clipsearch promote")]

@@ -45,7 +45,8 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
 def test_runtime_targets_are_non_root_with_healthcheck(target: str) -> None:
     stage = _stages()[target]
     users = [i for i in stage if i.startswith("USER ")]
-    assert users and users[-1].split()[1].split(":")[0] not in ("0", "root"), f"{target} must end non-root"
+    assert users, f"{target} must end non-root"
+    assert users[-1].split()[1].split(":")[0] not in ("0", "root"), f"{target} must end non-root"
     assert any(i.startswith("HEALTHCHECK ") for i in stage), f"{target} has no HEALTHCHECK"
     assert any(i.startswith("CMD ") for i in stage)
 
@@ -68,7 +69,8 @@ def test_service_contract_in_image() -> None:
         for var in ("HF_HOME=/cache", "XDG_CACHE_HOME=/cache", "CLIPSEARCH_SERVICE__CACHE_DIR=/cache"):
             assert var in stage, f"{target}: {var}"
     app = " ".join(_stages()["app-gpu"])
-    assert "pip install" in app and "-c constraints.txt ." in app
+    assert "pip install" in app
+    assert "-c constraints.txt ." in app
 
 
 def test_no_secrets_in_layers() -> None:
@@ -84,6 +86,8 @@ def test_no_secrets_in_layers() -> None:
 
 def test_weights_can_be_baked_from_a_local_path() -> None:
     weights = " ".join(_stages()["weights"])
-    assert "ARG CLIP_WEIGHTS" in weights and "--mount=type=bind" in weights and "sha256sum --check" in weights
+    assert "ARG CLIP_WEIGHTS" in weights
+    assert "--mount=type=bind" in weights
+    assert "sha256sum --check" in weights
     for target in ("gpu", "cpu"):
         assert any(i.startswith("COPY --from=weights /models /models") for i in _stages()[target])

@@ -100,11 +100,13 @@ def test_cpu_overlay_needs_no_gpu(rendered: dict[str, Rendered]) -> None:
     r = rendered["cpu"]
     assert "nvidia.com/gpu" not in json.dumps([_pod_spec(w) for w in _workloads(r)])
     spec = _pod_spec(r.one("Deployment", "clipsearch"))
-    assert "nodeSelector" not in spec and "tolerations" not in spec
+    assert "nodeSelector" not in spec
+    assert "tolerations" not in spec
     config = next(c for c in r.find("ConfigMap") if c["metadata"]["name"].startswith("clipsearch-config"))
     assert config["data"]["CLIPSEARCH_MODEL__DEVICE"] == "cpu"
     mlflow = r.one("Deployment", "mlflow")
-    assert mlflow["spec"]["replicas"] == 1 and mlflow["spec"]["strategy"]["type"] == "Recreate"
+    assert mlflow["spec"]["replicas"] == 1
+    assert mlflow["spec"]["strategy"]["type"] == "Recreate"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -150,7 +152,8 @@ def test_search_deployment_contract(rendered: dict[str, Rendered], overlay: str)
     assert config["data"]["HF_HOME"].startswith("/cache")
     # The in-cluster DNS name above must exist: Service mlflow in namespace mlflow, port 5000.
     mlflow_svc = r.one("Service", "mlflow")
-    assert mlflow_svc["metadata"]["namespace"] == "mlflow" and mlflow_svc["spec"]["ports"][0]["port"] == 5000
+    assert mlflow_svc["metadata"]["namespace"] == "mlflow"
+    assert mlflow_svc["spec"]["ports"][0]["port"] == 5000
     sa = r.one("ServiceAccount", "clipsearch-search")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
 
@@ -241,7 +244,8 @@ def test_feature_extraction_script_sets_shards_and_image() -> None:
         import yaml
 
         job = yaml.safe_load(embed_path.read_text())
-        assert job["spec"]["completions"] == 8 and job["spec"]["parallelism"] == 1  # one GPU at a time by default
+        assert job["spec"]["completions"] == 8
+        assert job["spec"]["parallelism"] == 1
         container = job["spec"]["template"]["spec"]["containers"][0]
         assert {"name": "SHARDS", "value": "8"} in container["env"]
         assert container["image"] == image
@@ -253,7 +257,8 @@ def test_feature_extraction_script_sets_shards_and_image() -> None:
 
         shutil.rmtree(embed_path.parent, ignore_errors=True)
     bad = run(["bash", str(script), image, "zero"], env=env)
-    assert bad.returncode == 2 and "positive integer" in bad.stderr
+    assert bad.returncode == 2
+    assert "positive integer" in bad.stderr
 
 
 def test_drift_cronjob(rendered: dict[str, Rendered]) -> None:

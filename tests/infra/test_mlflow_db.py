@@ -53,7 +53,8 @@ def test_every_secret_key_mlflow_reads_is_kept_by_an_external_secret(
     produced: dict[str, set[str]] = {}
     for es in r.find("ExternalSecret"):
         assert es["apiVersion"] == "external-secrets.io/v1"
-        assert es["metadata"]["namespace"] == "mlflow" and es["spec"]["secretStoreRef"]["name"] in stores
+        assert es["metadata"]["namespace"] == "mlflow"
+        assert es["spec"]["secretStoreRef"]["name"] in stores
         (source,) = es["spec"]["dataFrom"]
         key = source["extract"]["key"]
         assert "REPLACE" not in key, f"{overlay}: ExternalSecret {es['metadata']['name']} still has a placeholder key"
@@ -66,7 +67,8 @@ def test_every_secret_key_mlflow_reads_is_kept_by_an_external_secret(
             produced[es["spec"]["target"]["name"]] = set(template)
         else:
             # The RDS-managed master secret is a JSON of username and password.
-            assert key.startswith("arn:aws:secretsmanager:") and ":secret:rds!db-" in key
+            assert key.startswith("arn:aws:secretsmanager:")
+            assert ":secret:rds!db-" in key
             produced[es["spec"]["target"]["name"]] = {"username", "password"}
     for workload in _mlflow_pods(r):
         for name, key in _secret_refs(pod_spec(workload)):
@@ -79,7 +81,8 @@ def test_mlflow_uses_the_dedicated_user_and_restarts_on_change(rendered: dict[st
     deployment = r.one("Deployment", "mlflow")
     reloaded = deployment["metadata"]["annotations"]["secret.reloader.stakater.com/reload"]
     read = {name for name, _ in _secret_refs(pod_spec(deployment))}
-    assert read and read <= set(reloaded.split(",")), f"{overlay}: Reloader watches {reloaded}, pods read {read}"
+    assert read, f"{overlay}: pods read no Secret"
+    assert read <= set(reloaded.split(",")), f"{overlay}: Reloader watches {reloaded}, pods read {read}"
     master = unwrap(resources()["aws_db_instance.mlflow"]["username"])
     locals_ = {k: v for d in parse_terraform().values() for b in d.get("locals", []) for k, v in b.items()}
     assert unwrap(locals_["mlflow_db_user"]) != master
@@ -91,7 +94,7 @@ def test_mlflow_uses_the_dedicated_user_and_restarts_on_change(rendered: dict[st
     assert admin_readers == {"mlflow-db-bootstrap"}, "only the bootstrap Job may hold the master credentials"
 
 
-@pytest.mark.parametrize("overlay", (*GPU_OVERLAYS, "cpu"))
+@pytest.mark.parametrize("overlay", [*GPU_OVERLAYS, "cpu"])
 def test_schema_is_migrated_before_the_server_starts(rendered: dict[str, Rendered], overlay: str) -> None:
     spec = pod_spec(rendered[overlay].one("Deployment", "mlflow"))
     (init,) = spec["initContainers"]
@@ -126,7 +129,9 @@ def test_mlflow_db_upgrade_creates_an_empty_schema(rendered: dict[str, Rendered]
 
 def test_cpu_overlay_needs_no_external_secrets(rendered: dict[str, Rendered]) -> None:
     r = rendered["cpu"]
-    assert not r.find("ExternalSecret") and not r.find("SecretStore") and not r.find("Job", "mlflow-db-bootstrap")
+    assert not r.find("ExternalSecret")
+    assert not r.find("SecretStore")
+    assert not r.find("Job", "mlflow-db-bootstrap")
 
 
 class _Cursor:
@@ -188,7 +193,8 @@ def _run_bootstrap(role_exists: bool, monkeypatch: pytest.MonkeyPatch) -> list[s
     }.items():
         monkeypatch.setenv(k, v)
     spec = importlib.util.spec_from_file_location("db_bootstrap", REPO / "k8s" / "mlflow" / "db_bootstrap.py")
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main()

@@ -218,7 +218,8 @@ def test_other_flow_is_denied(
 
 def test_cpu_overlay_mlflow_needs_no_database(rendered: dict[str, Rendered], tmp_path: Path) -> None:
     conn = _analyze(_cluster(rendered, "cpu"), tmp_path)
-    assert conn.allows(SEARCH, MLFLOW, "TCP", 5000) and conn.allows(DRIFT, SEARCH, "TCP", 8000)
+    assert conn.allows(SEARCH, MLFLOW, "TCP", 5000)
+    assert conn.allows(DRIFT, SEARCH, "TCP", 8000)
     assert not conn.allows(MLFLOW, RDS, "TCP", 5432)
 
 
@@ -250,6 +251,7 @@ def test_policy_cidrs_follow_the_terraform_subnets(rendered: dict[str, Rendered]
     lb = ipaddress.IPv4Network("10.0.48.0/22")
     db = ipaddress.IPv4Network("10.0.64.0/22")
     assert {lb, db} <= blocks
-    assert all(s.subnet_of(lb) for s in public) and all(s.subnet_of(db) for s in database)
+    assert all(s.subnet_of(lb) for s in public)
+    assert all(s.subnet_of(db) for s in database)
     private = [list(vpc.subnets(new_prefix=20))[i] for i in range(3)]  # nodes and pods: cidrsubnet(vpc, 4, i)
     assert not any(p.overlaps(lb) or p.overlaps(db) for p in private), "pod addresses must not match these blocks"

@@ -87,7 +87,8 @@ def test_required_version_covers_the_features_used() -> None:
 
 def test_generated_password_never_reaches_the_state() -> None:
     version = resources()["aws_secretsmanager_secret_version.mlflow_db"]
-    assert "secret_string" not in version and "secret_string_wo" in version
+    assert "secret_string" not in version
+    assert "secret_string_wo" in version
     assert "ephemeral.random_password" in version["secret_string_wo"]
     assert "secret_string_wo_version" in version
     assert "random_password" in {k for block in parse_terraform()["secrets.tf"].get("ephemeral", []) for k in block}
@@ -218,7 +219,8 @@ def test_prod_gets_the_index_staging_evaluated() -> None:
     prod_role = f"arn:aws:iam::{_account('prod')}:role/clipsearch-prod-github-pipeline"
     assert prod_role in staging["dvc_remote_reader_role_arns"]
     text = (REPO / "terraform" / "github_oidc.tf").read_text()
-    assert "SourceDvcRead" in text and "SourceDvcKms" in text
+    assert "SourceDvcRead" in text
+    assert "SourceDvcKms" in text
     # The pipeline role is assumed from the GitHub environment, so prod's job gets prod's role only.
     assert 'pipeline = ["repo:${var.github_repository}:environment:${var.environment}"]' in text
 

@@ -148,7 +148,8 @@ def test_addons_install_pinned_charts_with_the_committed_values(tmp_path: Path) 
         version = argv[argv.index("--version") + 1]
         assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: chart not pinned ({version})"
         values = Path(argv[argv.index("--values") + 1])
-        assert values.is_file() and values.is_relative_to(ADDONS), f"{name}: values {values}"
+        assert values.is_file(), f"{name}: values {values}"
+        assert values.is_relative_to(ADDONS), f"{name}: values {values}"
     assert str(ADDONS / "nvidia-device-plugin" / "values.yaml") in releases["nvdp"]
     assert "autoDiscovery.clusterName=clipsearch-staging" in releases["cluster-autoscaler"]
 
@@ -182,7 +183,8 @@ def test_allocatable_model_matches_eks() -> None:
     """The reservation formula reproduces known EKS values: 4 vCPU -> 80m kube-reserved, 58 pods -> 893Mi."""
     from tests.infra.platform import kube_reserved_cpu_m
 
-    assert kube_reserved_cpu_m(4) == 80 and kube_reserved_cpu_m(8) == 90
+    assert kube_reserved_cpu_m(4) == 80
+    assert kube_reserved_cpu_m(8) == 90
     g6 = available("g6.xlarge", "gpu")
     assert 3.5 < g6["cpu"] < 4, "4 vCPUs leave ~3.6 cores for pods"
     assert g6["nvidia.com/gpu"] == 1
@@ -247,7 +249,7 @@ def test_embed_shards_in_parallel_fit_the_gpus_left_by_search(rendered: dict[str
     assert 0 < need <= free, f"{env}: {need} embed GPUs at once, {free} free at most (max {group.max_size} nodes)"
 
 
-@pytest.mark.parametrize("overlay", ("staging", "prod", "cpu"))
+@pytest.mark.parametrize("overlay", ["staging", "prod", "cpu"])
 def test_no_replicas_on_a_workload_an_hpa_owns(rendered: dict[str, Rendered], overlay: str) -> None:
     r = rendered[overlay]
     for hpa in r.find("HorizontalPodAutoscaler"):
@@ -291,7 +293,7 @@ def _window_s(probe: dict[str, Any]) -> int:
     return probe.get("initialDelaySeconds", 0) + probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
 
 
-@pytest.mark.parametrize("overlay", ("staging", "prod", "cpu"))
+@pytest.mark.parametrize("overlay", ["staging", "prod", "cpu"])
 def test_probes_wait_for_a_champion_without_restarting(rendered: dict[str, Rendered], overlay: str) -> None:
     c = pod_spec(rendered[overlay].one("Deployment", "clipsearch"))["containers"][0]
     # Only readiness may depend on the index: a pod without a champion stays up, un-ready, and keeps retrying.
@@ -305,12 +307,13 @@ def test_probes_wait_for_a_champion_without_restarting(rendered: dict[str, Rende
     )
 
 
-@pytest.mark.parametrize("overlay", ("staging", "prod", "cpu"))
+@pytest.mark.parametrize("overlay", ["staging", "prod", "cpu"])
 def test_search_leaves_the_endpoints_before_sigterm(rendered: dict[str, Rendered], overlay: str) -> None:
     spec = pod_spec(rendered[overlay].one("Deployment", "clipsearch"))
     pre_stop = spec["containers"][0].get("lifecycle", {}).get("preStop", {})
     sleep = pre_stop.get("sleep", {}).get("seconds")
-    assert sleep and 5 <= sleep <= 30, f"{overlay}: preStop sleep {sleep}"
+    assert sleep, f"{overlay}: no preStop sleep"
+    assert 5 <= sleep <= 30, f"{overlay}: preStop sleep {sleep}"
     grace = spec.get("terminationGracePeriodSeconds", 30)
     assert grace >= sleep + 15, f"{overlay}: grace {grace} s leaves < 15 s after a {sleep} s preStop"
 
@@ -355,4 +358,5 @@ def test_images_are_staged_into_the_workspace_before_the_shards_embed(tmp_path: 
     assert workspace(d_spec) == workspace(e_spec)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert not params["dataset"]["data_dir"].startswith("/"), "the download stage writes relative to workingDir"
-    assert embed["spec"]["parallelism"] == 2 and embed["spec"]["completions"] == 8
+    assert embed["spec"]["parallelism"] == 2
+    assert embed["spec"]["completions"] == 8

@@ -77,7 +77,8 @@ def test_versions_are_pinned(parsed: dict[str, Any]) -> None:
     providers = _attr(terraform, "required_providers")
     providers = providers[0] if isinstance(providers, list) else providers
     aws = providers["aws"][0] if isinstance(providers["aws"], list) else providers["aws"]
-    assert aws["source"] == "hashicorp/aws" and aws["version"].startswith("~> 6.")
+    assert aws["source"] == "hashicorp/aws"
+    assert aws["version"].startswith("~> 6.")
     modules = {_unquote(k): v for k, v in _blocks(parsed, "module").items()}
     assert set(modules) >= {"vpc", "eks"}
     for name, module in modules.items():
@@ -90,7 +91,8 @@ def test_variables_have_descriptions_and_validation(parsed: dict[str, Any]) -> N
     variables = _blocks(parsed, "variable")
     assert variables
     for name, var in variables.items():
-        assert var.get("description") and _attr(var, "description"), f"variable {name} has no description"
+        assert var.get("description"), f"variable {name} has no description"
+        assert _attr(var, "description"), f"variable {name} has no description"
         if _attr(var, "type") not in ("${bool}", "${map(string)}"):
             assert "validation" in var, f"variable {name} has no validation"
 
@@ -105,7 +107,8 @@ def test_outputs_have_descriptions(parsed: dict[str, Any]) -> None:
         "gemini_secret_arn",
     }
     for name, out in outputs.items():
-        assert out.get("description") and _attr(out, "description"), f"output {name} has no description"
+        assert out.get("description"), f"output {name} has no description"
+        assert _attr(out, "description"), f"output {name} has no description"
 
 
 @pytest.mark.parametrize("env", ["staging", "prod"])
@@ -117,7 +120,8 @@ def test_example_tfvars_set_declared_variables(parsed: dict[str, Any], env: str)
     assert required <= set(tfvars), f"{env}.tfvars misses {required - set(tfvars)}"
     assert tfvars["environment"] == env
     backend = parsed[f"environments/{env}.s3.tfbackend"]
-    assert _attr(backend, "encrypt") is True and _attr(backend, "use_lockfile") is True
+    assert _attr(backend, "encrypt") is True
+    assert _attr(backend, "use_lockfile") is True
 
 
 def test_gpu_node_group_and_data_stores(parsed: dict[str, Any]) -> None:
@@ -137,8 +141,10 @@ def test_gpu_node_group_and_data_stores(parsed: dict[str, Any]) -> None:
                     for rname, body in items.items():
                         resources[f"{_unquote(kind)}.{_unquote(rname)}"] = {k: _attr(body, k) for k in body}
     db = resources["aws_db_instance.mlflow"]
-    assert db["storage_encrypted"] is True and db["publicly_accessible"] is False
-    assert db["engine"] == "postgres" and db["manage_master_user_password"] is True
+    assert db["storage_encrypted"] is True
+    assert db["publicly_accessible"] is False
+    assert db["engine"] == "postgres"
+    assert db["manage_master_user_password"] is True
     assert "password" not in db
     for bucket in ("dvc", "mlflow_artifacts", "image_cache"):
         assert f"aws_s3_bucket.{bucket}" in resources

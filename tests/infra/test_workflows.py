@@ -56,7 +56,8 @@ def test_actions_pinned_by_sha_and_no_static_keys(path: Path) -> None:
         if ref.startswith(("./", "$/")):
             continue
         assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), f"{path.name}: {ref} not pinned by SHA"
-    assert "AWS_ACCESS_KEY_ID" not in text and "aws-secret-access-key" not in text
+    assert "AWS_ACCESS_KEY_ID" not in text
+    assert "aws-secret-access-key" not in text
     data = _load(path.name)
     assert "permissions" in data, f"{path.name}: top-level permissions missing"
     for job_name, job in data["jobs"].items():
@@ -98,7 +99,8 @@ def test_deploy_staging_then_protected_prod() -> None:
     job = env["jobs"]["deploy"]
     assert job["environment"] == "${{ inputs.environment }}"
     text = json.dumps(job)
-    assert "kustomize edit set image" in text and "kubectl apply -k" in text
+    assert "kustomize edit set image" in text
+    assert "kubectl apply -k" in text
     assert "role-to-assume" in text
 
 
@@ -106,7 +108,8 @@ def test_ml_pipeline_gates_promotion() -> None:
     ml = _load("ml-pipeline.yml")
     assert {"workflow_dispatch", "schedule"} <= set(ml["on"])
     job = ml["jobs"]["pipeline"]
-    assert "gpu" in job["runs-on"] and "self-hosted" in job["runs-on"]
+    assert "gpu" in job["runs-on"]
+    assert "self-hosted" in job["runs-on"]
     runs = [s.get("run", "") for s in job["steps"]]
     order = [
         next(i for i, r in enumerate(runs) if needle in r)

@@ -140,7 +140,7 @@ mount_ui(app)
 async def search(
     q: Annotated[str, Query(min_length=1, max_length=500)],
     k: Annotated[int, Query(ge=1, le=50)] = 4,
-    candidates: Annotated[int, Query(ge=1, le=200)] = 10,
+    candidates: Annotated[int, Query(ge=1, le=200)] = 10,  # noqa: ARG001 - validated like the real /search
     rerank: Annotated[RerankMode, Query()] = "auto",
 ) -> SearchResponse | JSONResponse:
     await asyncio.sleep(SEARCH_DELAY_S)

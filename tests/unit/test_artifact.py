@@ -21,6 +21,7 @@ from clipsearch.index.artifact import (
     write_artifact,
 )
 from clipsearch.settings import IndexSettings
+from clipsearch_devtools.artifacts import metadata_frame
 
 DIM = 16
 MODEL = ModelIdentity(arch="tiny", pretrained="random", weights_sha256="a" * 64, dim=DIM)
@@ -31,17 +32,14 @@ def make_inputs(n: int = 60, seed: int = 0) -> tuple[np.ndarray, list[str], pd.D
     x = rng.normal(size=(n, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = [f"photo{i:03d}" for i in range(n)]
-    meta = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example/{i}" for i in ids],
-            "description": [None if i % 3 == 0 else f"desc {i}" for i in range(n)],
-            "photographer": [f"Ann {i}" for i in range(n)],
-            "width": [4000 + i for i in range(n)],
-            "height": [None if i == 1 else 3000 for i in range(n)],
-            "blur_hash": ["LEHV6nWB2yk8" for _ in range(n)],
-            "extra_column": 1,  # ignored: the artifact keeps the contract's columns only
-        }
+    meta = metadata_frame(
+        ids,
+        description=[None if i % 3 == 0 else f"desc {i}" for i in range(n)],
+        photographer=[f"Ann {i}" for i in range(n)],
+        width=[4000 + i for i in range(n)],
+        height=[None if i == 1 else 3000 for i in range(n)],
+        blur_hash="LEHV6nWB2yk8",
+        extra_column=1,  # ignored: the artifact keeps the contract's columns only
     )
     return x, ids, meta
 
@@ -56,18 +54,25 @@ def built(tmp_path: Path) -> Path:
 def test_round_trip_exact_float16(built: Path) -> None:
     x, ids, _ = make_inputs()
     art = load_artifact(built, expected_model=MODEL)
-    assert art.vectors.dtype == np.float16 and art.vectors.shape == (60, DIM)
-    assert art.ids.tolist() == ids and art.ids.dtype.kind == "U"
-    assert art.manifest.count == 60 and art.manifest.dim == DIM and art.manifest.metric == "cosine"
+    assert art.vectors.dtype == np.float16
+    assert art.vectors.shape == (60, DIM)
+    assert art.ids.tolist() == ids
+    assert art.ids.dtype.kind == "U"
+    assert art.manifest.count == 60
+    assert art.manifest.dim == DIM
+    assert art.manifest.metric == "cosine"
     assert art.manifest.format_version == FORMAT_VERSION
     assert art.manifest.created_at.tzinfo is not None
     assert set(art.manifest.files) == {"vectors.npy", "ids.npy", "metadata.parquet"}
-    assert len(art.version) == 12 and art.version == read_manifest(built).version
+    assert len(art.version) == 12
+    assert art.version == read_manifest(built).version
     assert list(art.metadata.columns) == list(artifact_mod.METADATA_COLUMNS)
     top = art.search(x[7], 3)[0]
     assert [c.rank for c in top] == [1, 2, 3]
-    assert top[0].photo_id == "photo007" and top[0].score == pytest.approx(1.0, abs=3e-3)
-    assert top[0].image_url == "https://images.example/photo007" and top[0].width == 4007
+    assert top[0].photo_id == "photo007"
+    assert top[0].score == pytest.approx(1.0, abs=3e-3)
+    assert top[0].image_url == "https://images.example/photo007"
+    assert top[0].width == 4007
 
 
 def test_candidates_map_missing_values_to_none_and_drop_negative_rows(built: Path) -> None:
@@ -75,8 +80,10 @@ def test_candidates_map_missing_values_to_none_and_drop_negative_rows(built: Pat
     cands = art.candidates_for(np.array([0, -1, 1]), np.array([0.9, 0.0, 0.8], dtype=np.float32))
     assert [c.photo_id for c in cands] == ["photo000", "photo001"]
     assert [c.rank for c in cands] == [1, 2]
-    assert cands[0].description is None and cands[1].description == "desc 1"
-    assert cands[1].height is None and cands[0].height == 3000
+    assert cands[0].description is None
+    assert cands[1].description == "desc 1"
+    assert cands[1].height is None
+    assert cands[0].height == 3000
     assert art.row_of("photo042") == 42
     np.testing.assert_allclose(art.vector_of("photo042"), art.vectors[42].astype(np.float32))
     with pytest.raises(KeyError, match="not in index"):
@@ -97,9 +104,11 @@ def test_round_trip_faiss_kinds(tmp_path: Path, kind: str) -> None:
     x, ids, meta = make_inputs(n=400)
     settings = IndexSettings(kind=kind, dtype="float32", ivf_nlist=4, ivf_nprobe=4, hnsw_m=8)
     manifest = write_artifact(tmp_path / "idx", x, ids, meta, MODEL, settings, "v1")
-    assert "faiss.index" in manifest.files and manifest.index.kind == kind
+    assert "faiss.index" in manifest.files
+    assert manifest.index.kind == kind
     art = load_artifact(tmp_path / "idx", MODEL)
-    assert art.index.kind == kind and len(art.index) == 400
+    assert art.index.kind == kind
+    assert len(art.index) == 400
     assert art.search(x[:1], 5)[0][0].photo_id == "photo000"
 
 
@@ -199,7 +208,8 @@ def test_reference_queries_are_added_atomically(built: Path) -> None:
     before = read_manifest(built)
     queries = np.random.default_rng(9).normal(size=(5, DIM)).astype(np.float32)
     after = with_reference_queries(built, queries)
-    assert "reference_queries.npy" in after.files and after.version != before.version
+    assert "reference_queries.npy" in after.files
+    assert after.version != before.version
     assert after.created_at == before.created_at
     art = load_artifact(built, MODEL)
     np.testing.assert_array_equal(art.reference_queries, queries)

@@ -46,16 +46,18 @@ def test_repeated_queries_hit_the_embedding_cache(engine) -> None:
         first, second = asyncio.run(twice())
     finally:
         batcher.close()
-    assert not first.cached and second.cached
+    assert not first.cached
+    assert second.cached
     assert second.timings_ms["encode"] == 0.0
-    assert len(first.pool) == 2 and len(second.pool) == 5
+    assert len(first.pool) == 2
+    assert len(second.pool) == 5
     assert batcher.cache.hits == 1
 
 
 def test_a_failing_batch_fails_its_requests_not_the_worker(engine, monkeypatch) -> None:
     batcher = QueryBatcher(max_batch=4, max_wait_ms=0.0, cache_size=0)
 
-    def broken(queries):
+    def broken(*_):
         raise RuntimeError("model exploded")
 
     async def run():

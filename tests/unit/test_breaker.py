@@ -94,7 +94,7 @@ def test_exactly_one_trial_under_concurrency(clock: FakeClock) -> None:
 
 @pytest.mark.parametrize(("failures", "reset_s"), [(0, 1.0), (1, 0.0)])
 def test_rejects_nonsense_configuration(failures: int, reset_s: float) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be"):
         CircuitBreaker(failures, reset_s)
 
 
@@ -103,9 +103,11 @@ def test_released_trial_leaves_the_breaker_half_open_for_the_next_caller(clock: 
     something other than "found" or "not found" (a 429, say) hands the trial to the next request."""
     breaker = CircuitBreaker(1, 3600.0, clock=clock)
     breaker.record_failure()  # "not found"
-    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
     clock.now += 3600.0
-    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    assert breaker.allow()
+    assert not breaker.allow()
     breaker.release_trial()
     assert breaker.state is BreakerState.HALF_OPEN
     assert breaker.allow()  # the next caller gets the trial

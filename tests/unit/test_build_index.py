@@ -84,22 +84,24 @@ def write_all_chunks(settings: Settings) -> None:
     write_chunk(features, 2, ["ph-f"], skipped=[])
 
 
-def test_builds_a_verified_artifact_with_joined_metadata(
-    settings: Settings, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_builds_a_verified_artifact_with_joined_metadata(settings: Settings) -> None:
     write_all_chunks(settings)
     result = stage.build(settings)
-    assert result.n_chunks == 3 and result.n_skipped == 1
+    assert result.n_chunks == 3
+    assert result.n_skipped == 1
     art = load_artifact(settings.index.output_dir, expected_model=MODEL)
     assert art.ids.tolist() == ["ph-a", "ph-b", "ph-e", "ph-f"]
     assert art.manifest.dataset_version == "1.3.0@ffffffffffff/limit=6"
     meta = art.metadata.set_index("photo_id")
-    assert meta.loc["ph-a", "description"] == "z" and meta.loc["ph-f", "description"] == "ai f"  # ai fallback
+    assert meta.loc["ph-a", "description"] == "z"
+    assert meta.loc["ph-f", "description"] == "ai f"
     assert meta.loc["ph-e", "photographer"] == "ue"  # no name -> username
-    assert meta.loc["ph-f", "photographer"] == "Fay" and meta.loc["ph-a", "photographer"] == "Al A"
+    assert meta.loc["ph-f", "photographer"] == "Fay"
+    assert meta.loc["ph-a", "photographer"] == "Al A"
     assert meta.loc["ph-a", "image_url"] == "https://images.unsplash.com/ph-a"
     assert meta.loc["ph-b", "blur_hash"] is None or pd.isna(meta.loc["ph-b", "blur_hash"])
-    assert int(meta.loc["ph-e", "width"]) == 5000 and int(meta.loc["ph-f", "width"]) == 6000
+    assert int(meta.loc["ph-e", "width"]) == 5000
+    assert int(meta.loc["ph-f", "width"]) == 6000
     # chunk 0's first vector is ph-a's: searching with it finds ph-a first
     first = np.load(settings.embed.features_dir / "chunk-000000.npz")["vectors"][0]
     assert art.search(first, 1)[0][0].photo_id == "ph-a"
@@ -112,7 +114,9 @@ def test_main_prints_a_summary(
     monkeypatch.setattr(stage, "get_settings", lambda: settings)
     stage.main()
     out = capsys.readouterr().out
-    assert "4 vectors x 8" in out and "3 chunks (1 photos skipped)" in out and "tiny/random" in out
+    assert "4 vectors x 8" in out
+    assert "3 chunks (1 photos skipped)" in out
+    assert "tiny/random" in out
 
 
 def test_missing_chunk_is_refused(settings: Settings) -> None:

@@ -122,9 +122,13 @@ def test_transient_5xx_is_retried_then_written(tmp_path: Path) -> None:
     sleep = Recorder()
     dest = tmp_path / "abcdefghijk.jpg"
     outcome = _run_fetch(handler, dest, RetryPolicy(retries=4, backoff_s=1.0), sleep)
-    assert outcome.status == "fetched" and outcome.attempts == 3
-    assert len(calls) == 3 and calls[0].endswith("?w=64")
-    assert len(sleep.delays) == 2 and 0.5 <= sleep.delays[0] <= 1.0 and 1.0 <= sleep.delays[1] <= 2.0
+    assert outcome.status == "fetched"
+    assert outcome.attempts == 3
+    assert len(calls) == 3
+    assert calls[0].endswith("?w=64")
+    assert len(sleep.delays) == 2
+    assert 0.5 <= sleep.delays[0] <= 1.0
+    assert 1.0 <= sleep.delays[1] <= 2.0
     assert is_valid_image_file(dest)
     assert not dest.with_name(dest.name + ".part").exists()
 
@@ -139,7 +143,8 @@ def test_timeouts_are_retried(tmp_path: Path) -> None:
         return httpx.Response(200, content=_jpeg())
 
     outcome = _run_fetch(handler, tmp_path / "a.jpg", RetryPolicy(retries=2, backoff_s=0.1))
-    assert outcome.status == "fetched" and outcome.attempts == 2
+    assert outcome.status == "fetched"
+    assert outcome.attempts == 2
 
 
 def test_404_is_final_without_retry(tmp_path: Path) -> None:
@@ -151,24 +156,29 @@ def test_404_is_final_without_retry(tmp_path: Path) -> None:
 
     sleep = Recorder()
     outcome = _run_fetch(handler, tmp_path / "a.jpg", RetryPolicy(retries=4, backoff_s=1.0), sleep)
-    assert outcome.status == "failed" and outcome.error is not None and outcome.error.startswith("HTTP 404")
-    assert len(calls) == 1 and sleep.delays == []
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.startswith("HTTP 404")
+    assert len(calls) == 1
+    assert sleep.delays == []
     assert not (tmp_path / "a.jpg").exists()
 
 
 def test_429_uses_retry_after(tmp_path: Path) -> None:
     answers = iter([httpx.Response(429, headers={"Retry-After": "3"}), httpx.Response(200, content=_jpeg())])
     sleep = Recorder()
-    outcome = _run_fetch(lambda r: next(answers), tmp_path / "a.jpg", RetryPolicy(retries=2, backoff_s=0.1), sleep)
-    assert outcome.status == "fetched" and sleep.delays == [3.0]
+    outcome = _run_fetch(lambda _r: next(answers), tmp_path / "a.jpg", RetryPolicy(retries=2, backoff_s=0.1), sleep)
+    assert outcome.status == "fetched"
+    assert sleep.delays == [3.0]
 
 
 def test_retries_exhausted_reports_last_error(tmp_path: Path) -> None:
     sleep = Recorder()
     outcome = _run_fetch(
-        lambda r: httpx.Response(502), tmp_path / "a.jpg", RetryPolicy(retries=2, backoff_s=0.1), sleep
+        lambda _r: httpx.Response(502), tmp_path / "a.jpg", RetryPolicy(retries=2, backoff_s=0.1), sleep
     )
-    assert outcome.status == "failed" and outcome.attempts == 3
+    assert outcome.status == "failed"
+    assert outcome.attempts == 3
     assert outcome.error == "HTTP 502: Bad Gateway (after 3 attempts)"
     assert len(sleep.delays) == 2
 
@@ -176,9 +186,11 @@ def test_retries_exhausted_reports_last_error(tmp_path: Path) -> None:
 def test_undecodable_body_fails_and_writes_nothing(tmp_path: Path) -> None:
     body = _jpeg()[:40]  # a JPEG header and nothing else
     outcome = _run_fetch(
-        lambda r: httpx.Response(200, content=body), tmp_path / "a.jpg", RetryPolicy(retries=3, backoff_s=0.1)
+        lambda _r: httpx.Response(200, content=body), tmp_path / "a.jpg", RetryPolicy(retries=3, backoff_s=0.1)
     )
-    assert outcome.status == "failed" and outcome.error is not None and outcome.error.startswith("undecodable")
+    assert outcome.status == "failed"
+    assert outcome.error is not None
+    assert outcome.error.startswith("undecodable")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -207,7 +219,9 @@ def test_batch_skips_valid_files_and_refetches_broken_ones(tmp_path: Path) -> No
         )
     )
     assert sorted(requested) == ["/bbbbbbbbbbb.jpg", "/ccccccccccc.jpg"]
-    assert result.count("skipped") == 1 and result.count("fetched") == 2 and result.failures == []
+    assert result.count("skipped") == 1
+    assert result.count("fetched") == 2
+    assert result.failures == []
     assert all(is_valid_image_file(image_path(tmp_path, i)) for i in ids)
 
 
@@ -238,7 +252,8 @@ def test_decode_image_keeps_jpeg_and_converts_other_formats() -> None:
     png = io.BytesIO()
     Image.new("RGBA", (10, 8), (0, 255, 0, 128)).save(png, format="PNG")
     decoded = decode_image(png.getvalue())
-    assert decoded.source_format == "PNG" and (decoded.width, decoded.height) == (10, 8)
+    assert decoded.source_format == "PNG"
+    assert (decoded.width, decoded.height) == (10, 8)
     assert Image.open(io.BytesIO(decoded.jpeg)).format == "JPEG"
     with pytest.raises(ImageDecodeError):
         decode_image(b"")

@@ -88,7 +88,8 @@ def test_bad_shard_on_the_command_line_is_a_clear_error() -> None:
         env={**os.environ, "CLIPSEARCH_PARAMS": "/nonexistent/params.yaml"},
     )
     assert proc.returncode == 2
-    assert "0 <= i < N" in proc.stderr and "Traceback" not in proc.stderr
+    assert "0 <= i < N" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_embed_writes_complete_chunks(
@@ -98,7 +99,8 @@ def test_embed_writes_complete_chunks(
     summary = embed(settings, encoder=tiny_encoder)
     features = settings.embed.features_dir
     expected = _expected_ids()
-    assert summary.chunks_written == [0, 1, 2, 3] and summary.images == N_IMAGES
+    assert summary.chunks_written == [0, 1, 2, 3]
+    assert summary.images == N_IMAGES
     assert summary.skipped == ["broken0001"]
     assert [p.name for p in list_chunks(features)] == [f"chunk-{j:06d}.npz" for j in range(4)]
     assert not list(features.glob("*.part"))
@@ -106,7 +108,8 @@ def test_embed_writes_complete_chunks(
         chunk = read_chunk(path)
         assert chunk.covered == expected[j * CHUNK_SIZE : (j + 1) * CHUNK_SIZE]
         assert chunk.model == tiny_encoder.identity
-        assert chunk.vectors.dtype == np.float32 and chunk.vectors.shape == (len(chunk.ids), 32)
+        assert chunk.vectors.dtype == np.float32
+        assert chunk.vectors.shape == (len(chunk.ids), 32)
         np.testing.assert_allclose(np.linalg.norm(chunk.vectors, axis=1), 1.0, atol=1e-5)
         images = [Image.open(data / "images" / f"{p}.jpg") for p in chunk.ids]
         np.testing.assert_allclose(chunk.vectors, tiny_encoder.encode_images(images), atol=1e-5)
@@ -124,9 +127,11 @@ def test_two_shards_cover_every_photo_exactly_once(
     settings = _settings(data, tiny_model_settings)
     first = embed(settings, Shard(0, 2), encoder=tiny_encoder)
     second = embed(settings, Shard(1, 2), encoder=tiny_encoder)
-    assert first.chunks_written == [0, 2] and second.chunks_written == [1, 3]
+    assert first.chunks_written == [0, 2]
+    assert second.chunks_written == [1, 3]
     covered = _all_covered(settings.embed.features_dir)
-    assert sorted(covered) == _expected_ids() and len(covered) == len(set(covered))
+    assert sorted(covered) == _expected_ids()
+    assert len(covered) == len(set(covered))
 
 
 def test_rerun_writes_nothing_and_a_deleted_chunk_alone_is_redone(
@@ -137,12 +142,15 @@ def test_rerun_writes_nothing_and_a_deleted_chunk_alone_is_redone(
     embed(settings, encoder=tiny_encoder)
     before = {p.name: p.stat().st_mtime_ns for p in list_chunks(features)}
     again = embed(settings, encoder=tiny_encoder)
-    assert again.chunks_written == [] and again.images == 0 and again.chunks_already_done == 4
+    assert again.chunks_written == []
+    assert again.images == 0
+    assert again.chunks_already_done == 4
     assert {p.name: p.stat().st_mtime_ns for p in list_chunks(features)} == before
     chunk_path(features, 2).unlink()
     chunk_path(features, 1).write_bytes(b"torn")  # unreadable (not possible via .part+rename, but disks lie)
     redo = embed(settings, encoder=tiny_encoder)
-    assert redo.chunks_written == [1, 2] and redo.images == 2 * CHUNK_SIZE
+    assert redo.chunks_written == [1, 2]
+    assert redo.images == 2 * CHUNK_SIZE
     assert sorted(_all_covered(features)) == _expected_ids()
 
 
@@ -175,7 +183,9 @@ def test_chunks_from_another_model_are_refused(
     with pytest.raises(ConfigError) as info:
         embed(settings, Shard(0, 2), encoder=tiny_encoder)  # chunk 3 belongs to the other shard: still refused
     message = str(info.value)
-    assert "another model" in message and "ViT-B-32/openai" in message and f"delete {features}" in message
+    assert "another model" in message
+    assert "ViT-B-32/openai" in message
+    assert f"delete {features}" in message
     assert [p.name for p in list_chunks(features)] == ["chunk-000003.npz"]
 
     # What `dvc repro` asks for after a model change: the stale chunk goes, this model's chunks are written.
@@ -184,6 +194,7 @@ def test_chunks_from_another_model_are_refused(
     assert all(read_chunk(p).model == tiny_encoder.identity for p in list_chunks(features))
 
 
+@pytest.mark.e2e  # DataLoader worker processes
 def test_decoding_in_worker_processes_gives_the_same_chunks(
     data: Path, tiny_model_settings: ModelSettings, tiny_encoder: ClipEncoder, tmp_path: Path
 ) -> None:

@@ -118,7 +118,8 @@ def test_truncated_text_path_equals_open_clip_tiny(torch_encoder: ClipEncoder) -
     texts = [*EDGE_CASES, *_queries(200, seed=0)]
     fast = torch_encoder.encode_text(texts)  # batch_size 16: many batches of unequal EOT lengths
     reference = _open_clip_reference(torch_encoder, texts)
-    assert fast.dtype == np.float32 and fast.shape == (len(texts), 32)
+    assert fast.dtype == np.float32
+    assert fast.shape == (len(texts), 32)
     np.testing.assert_allclose(fast, reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(torch_encoder.encode_text_padded(texts), reference, atol=1e-6, rtol=0)
@@ -129,7 +130,8 @@ def test_truncated_text_path_equals_open_clip_tiny(torch_encoder: ClipEncoder) -
 
 def test_encode_text_with_flags_and_empty_input(tiny_encoder: ClipEncoder) -> None:
     vectors, truncated = tiny_encoder.encode_text_with_flags(["a dog", "a " * 90])
-    assert vectors.shape == (2, 32) and truncated == [False, True]
+    assert vectors.shape == (2, 32)
+    assert truncated == [False, True]
     assert tiny_encoder.encode_text([]).shape == (0, 32)
     np.testing.assert_array_equal(tiny_encoder.encode_text("a dog"), tiny_encoder.encode_text(["a dog"]))
 
@@ -143,12 +145,17 @@ def test_truncated_text_path_equals_open_clip_vit_b_32_random() -> None:
     assert enc.identity.dim == 512
 
 
-def test_identity_is_deterministic_across_loads_and_processes(tiny_model_settings: ModelSettings) -> None:
+def test_identity_is_deterministic_across_loads(tiny_model_settings: ModelSettings) -> None:
     first = ClipEncoder(tiny_model_settings).identity
     second = ClipEncoder(tiny_model_settings).identity
     assert first == second
     assert (first.arch, first.pretrained, first.dim) == ("clipsearch-tiny", "random", 32)
     assert len(first.weights_sha256) == 64
+
+
+@pytest.mark.e2e  # starts a Python process
+def test_identity_is_the_same_in_a_fresh_process(tiny_model_settings: ModelSettings) -> None:
+    first = ClipEncoder(tiny_model_settings).identity
     # A fresh interpreter (as a DVC stage would be) finds the tiny config and derives the same weights.
     code = (
         "from clipsearch.encoder import ClipEncoder; from clipsearch.settings import ModelSettings; "
@@ -173,7 +180,7 @@ def test_concurrent_first_use_loads_once(tiny_model_settings: ModelSettings, mon
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append(str(args[0]))
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(open_clip, "create_model", counting)
     enc = ClipEncoder(tiny_model_settings)
@@ -184,7 +191,8 @@ def test_concurrent_first_use_loads_once(tiny_model_settings: ModelSettings, mon
     for t in threads:
         t.join()
     assert calls == ["clipsearch-tiny"]
-    assert len(set(seen)) == 1 and len(seen) == 6
+    assert len(set(seen)) == 1
+    assert len(seen) == 6
 
 
 def test_local_checkpoint_path_loads_and_records_file_name(
@@ -226,7 +234,9 @@ def test_unknown_tag_lists_the_valid_tags() -> None:
     with pytest.raises(ModelLoadError) as info:
         resolve_weights("ViT-B-32", "not-a-tag", cache_dir=None)
     message = str(info.value)
-    assert "Valid tags for ViT-B-32" in message and "openai" in message and "laion2b_s34b_b79k" in message
+    assert "Valid tags for ViT-B-32" in message
+    assert "openai" in message
+    assert "laion2b_s34b_b79k" in message
 
 
 def test_unknown_architecture_suggests_close_names() -> None:
@@ -234,6 +244,7 @@ def test_unknown_architecture_suggests_close_names() -> None:
         resolve_weights("ViT-B-23", "openai", cache_dir=None)
 
 
+@pytest.mark.e2e  # wall-clock: "fails fast" is a time bound
 def test_unreachable_hub_fails_fast_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No network (here: the hub endpoint is a closed loopback port) and nothing cached: a clear, quick error."""
     from huggingface_hub import constants as hf_constants
@@ -247,7 +258,8 @@ def test_unreachable_hub_fails_fast_with_instructions(tmp_path: Path, monkeypatc
     message = str(info.value)
     assert "the weights for ViT-B-32/openai could not be downloaded" in message
     assert "CLIPSEARCH_MODEL__PRETRAINED=/path/to/open_clip_pytorch_model.bin" in message
-    assert "params.yaml" in message and "ViT-B-32-quickgelu" in message
+    assert "params.yaml" in message
+    assert "ViT-B-32-quickgelu" in message
 
 
 def _closed_loopback_port() -> int:
@@ -268,7 +280,8 @@ def test_cached_hub_checkpoint_is_found_without_network(tmp_path: Path) -> None:
     (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
     cfg = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
     found = weights_module._cached_checkpoint(cfg, str(tmp_path))
-    assert found is not None and Path(found).read_bytes() == b"weights"
+    assert found is not None
+    assert Path(found).read_bytes() == b"weights"
     assert weights_module._cached_checkpoint(cfg, str(tmp_path / "empty")) is None
 
 
@@ -295,7 +308,8 @@ def _images(n: int) -> list[Image.Image]:
 def test_image_encoding_is_batched_normalised_and_matches_open_clip(tiny_encoder: ClipEncoder) -> None:
     images = _images(37)  # more than one batch of 16, last batch partial
     vectors = tiny_encoder.encode_images(images)
-    assert vectors.dtype == np.float32 and vectors.shape == (37, 32)
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (37, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     batch = torch.stack([tiny_encoder.preprocess(im) for im in images])
     np.testing.assert_allclose(tiny_encoder.encode_image_tensors(batch), vectors, atol=1e-6)

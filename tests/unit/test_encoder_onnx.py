@@ -78,10 +78,12 @@ def test_onnx_fp32_matches_torch_eot_path(torch_encoder: ClipEncoder, onnx_fp32:
     reference, ref_truncated = torch_encoder.encode_text_with_flags(TEXTS)
     vectors, truncated = onnx_fp32.encode_text_with_flags(TEXTS)
     assert isinstance(onnx_fp32.text_backend, OnnxTextBackend)  # the ONNX session really ran
-    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert vectors.dtype == np.float32
+    assert vectors.shape == reference.shape
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert truncated == ref_truncated and truncated[3]
+    assert truncated == ref_truncated
+    assert truncated[3]
 
 
 def test_onnx_batches_match_single_queries(onnx_fp32: ClipEncoder) -> None:
@@ -119,6 +121,7 @@ def test_export_is_cached_and_reused(
     np.testing.assert_array_equal(again.encode_text(TEXTS), onnx_fp32.encode_text(TEXTS))
 
 
+@pytest.mark.e2e  # two full ONNX exports into a fresh cache (~15 s on 2 cores)
 def test_damaged_cache_entry_is_exported_again(tiny_model_settings: ModelSettings, tmp_path: Path) -> None:
     first = ClipEncoder(_onnx_settings(tiny_model_settings, tmp_path)).load()
     assert isinstance(first.text_backend, OnnxTextBackend)

@@ -27,7 +27,8 @@ def test_default_is_fp32() -> None:
 def test_bf16_text_path_is_close_to_fp32(tiny_encoder: ClipEncoder, bf16_encoder: ClipEncoder) -> None:
     reference = tiny_encoder.encode_text(TEXTS)
     fast, truncated = bf16_encoder.encode_text_with_flags(TEXTS)
-    assert fast.dtype == np.float32 and fast.shape == reference.shape
+    assert fast.dtype == np.float32
+    assert fast.shape == reference.shape
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
     cosine = np.sum(fast * reference, axis=1)
     assert cosine.min() >= 0.999, cosine

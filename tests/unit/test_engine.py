@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from clipsearch.engine import SearchEngine, load_engine
@@ -14,6 +13,7 @@ from clipsearch.identity import ModelIdentity
 from clipsearch.index.artifact import write_artifact
 from clipsearch.settings import IndexSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
+from clipsearch_devtools.artifacts import metadata_frame
 
 WORDS = ["red car", "green forest", "blue ocean", "night city", "white snow", "desert dunes"]
 
@@ -21,17 +21,7 @@ WORDS = ["red car", "green forest", "blue ocean", "night city", "white snow", "d
 def _artifact(tmp_path, encoder, model: ModelIdentity | None = None):
     vectors = encoder.encode_text(WORDS)  # text vectors stand in for images: each word finds itself first
     ids = [f"photo{i}" for i in range(len(WORDS))]
-    metadata = pd.DataFrame(
-        {
-            "photo_id": ids,
-            "image_url": [f"https://images.example/{i}" for i in ids],
-            "description": WORDS,
-            "photographer": ["A. Person"] * len(ids),
-            "width": [400] * len(ids),
-            "height": [300] * len(ids),
-            "blur_hash": [None] * len(ids),
-        }
-    )
+    metadata = metadata_frame(ids, description=WORDS, photographer="A. Person")
     write_artifact(
         tmp_path / "index", vectors, ids, metadata, model or encoder.identity, IndexSettings(dtype="float32"), "test@0"
     )
@@ -43,7 +33,7 @@ class Reverse:
 
     name = "reverse"
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:
+    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:  # noqa: ARG002 - protocol
         ranked = list(reversed(candidates))[:k]
         results = [RankedResult(candidate=c, rank=i + 1, reason=f"reversed {c.photo_id}") for i, c in enumerate(ranked)]
         return RerankOutcome(results=results, applied=True, usage={"prompt_tokens": 10.0})
@@ -57,14 +47,16 @@ def test_search_returns_the_nearest_with_timings(tmp_path, tiny_encoder) -> None
     assert result.results[0].candidate.score == pytest.approx(1.0, abs=1e-4)
     assert set(result.timings_ms) == {"encode", "search", "rerank", "total"}
     assert result.timings_ms["total"] >= result.timings_ms["search"]
-    assert result.rerank_applied is False and result.rerank_fallback_reason == "disabled"
+    assert result.rerank_applied is False
+    assert result.rerank_fallback_reason == "disabled"
     assert result.index_version == engine.index_version
 
 
 def test_reranker_is_applied_only_when_asked(tmp_path, tiny_encoder) -> None:
     engine = load_engine(_artifact(tmp_path, tiny_encoder), tiny_encoder, reranker=Reverse())
     applied = engine.search("night city", k=2, candidates=6)
-    assert applied.rerank_applied and applied.results[0].reason
+    assert applied.rerank_applied
+    assert applied.results[0].reason
     assert applied.results[0].candidate.photo_id != "photo3"
     assert applied.rerank_usage == {"prompt_tokens": 10.0}
     skipped = engine.search("night city", k=2, candidates=6, rerank=False)

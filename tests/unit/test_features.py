@@ -33,11 +33,13 @@ def _chunk(ids: list[str], skipped: list[str] | None = None) -> FeatureChunk:
 def test_round_trip_is_versioned_and_leaves_no_part_file(tmp_path: Path) -> None:
     path = chunk_path(tmp_path, 7)
     write_chunk(path, _chunk(["a", "c"], ["b"]))
-    assert path.name == "chunk-000007.npz" and chunk_number(path) == 7
+    assert path.name == "chunk-000007.npz"
+    assert chunk_number(path) == 7
     assert not list(tmp_path.glob("*.part"))
     chunk = read_chunk(path)
     assert (chunk.ids, chunk.skipped_ids, chunk.model) == (["a", "c"], ["b"], MODEL)
-    assert chunk.covered == ["a", "b", "c"] and chunk.covers_exactly(["a", "b", "c"])
+    assert chunk.covered == ["a", "b", "c"]
+    assert chunk.covers_exactly(["a", "b", "c"])
     assert not chunk.covers_exactly(["a", "b"])
     assert read_chunk_model(path) == MODEL
     with np.load(path) as raw:

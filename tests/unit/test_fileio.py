@@ -20,10 +20,16 @@ def test_write_atomic_replaces_and_leaves_no_part(tmp_path: Path) -> None:
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     target = tmp_path / "a.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError), atomic_path(target, unique=True, suffix=".tmp.onnx") as tmp:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("writer failed")
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+    def failing_writer() -> None:
+        with atomic_path(target, unique=True, suffix=".tmp.onnx") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        failing_writer()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
 
 
 def test_atomic_directory_swaps_whole_directories(tmp_path: Path) -> None:
@@ -33,10 +39,21 @@ def test_atomic_directory_swaps_whole_directories(tmp_path: Path) -> None:
     with atomic_directory(out) as tmp:
         (tmp / "y").write_bytes(b"2")
     assert sorted(p.name for p in out.iterdir()) == ["y"]
-    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
-        (tmp / "z").write_bytes(b"3")
-        raise RuntimeError("failed")
-    assert sorted(p.name for p in out.iterdir()) == ["y"] and [p.name for p in tmp_path.iterdir()] == ["index"]
-    with pytest.raises(OSError), atomic_directory(out, replace=False) as tmp:
-        (tmp / "w").write_bytes(b"4")
-    assert sorted(p.name for p in out.iterdir()) == ["y"] and [p.name for p in tmp_path.iterdir()] == ["index"]
+
+    def failing_writer() -> None:
+        with atomic_directory(out) as tmp:
+            (tmp / "z").write_bytes(b"3")
+            raise RuntimeError("failed")
+
+    def refused_writer() -> None:
+        with atomic_directory(out, replace=False) as tmp:
+            (tmp / "w").write_bytes(b"4")
+
+    with pytest.raises(RuntimeError, match="failed"):
+        failing_writer()
+    assert sorted(p.name for p in out.iterdir()) == ["y"]
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+    with pytest.raises(OSError, match="index"):  # the rename onto an existing directory is refused
+        refused_writer()
+    assert sorted(p.name for p in out.iterdir()) == ["y"]
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]

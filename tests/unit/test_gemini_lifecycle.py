@@ -22,7 +22,7 @@ from clipsearch.rerank.gemini import GeminiReranker
 from clipsearch.rerank.thumbnails import ThumbnailProvider
 from clipsearch.settings import GeminiModelProfile, RerankSettings
 from clipsearch.types import Candidate
-from tests.fixtures.gemini_standin import (
+from clipsearch_devtools.gemini_standin import (
     MODELS,
     GeminiStandin,
     no_longer_available,
@@ -124,7 +124,8 @@ def test_each_known_model_gets_only_fields_it_accepts(
     assert out.applied, out.detail  # the stand-in answers 400 to anything this model rejects
     (req,) = gemini_standin.requests
     cfg = req.generation_config
-    assert req.model == model and req.thinking_config == thinking
+    assert req.model == model
+    assert req.thinking_config == thinking
     assert cfg.get("temperature") == temperature
     assert cfg.get("mediaResolution") == media
     assert not {"frequencyPenalty", "presencePenalty", "topK", "topP"} & set(cfg)
@@ -177,7 +178,8 @@ def test_standin_rejects_what_gemini_3_5_flash_lite_rejects(
     ]
     with pytest.raises(genai_errors.ClientError) as err:
         client.models.generate_content(model=PRIMARY, contents=contents, config=config)
-    assert err.value.code == 400 and err.value.status == "INVALID_ARGUMENT"
+    assert err.value.code == 400
+    assert err.value.status == "INVALID_ARGUMENT"
     assert message in (err.value.message or "")
     client.close()
 
@@ -204,7 +206,8 @@ def test_standin_accepts_penalties_on_older_models_and_notes_ignored_sampling(ge
         )
     assert err.value.code == 400
     older, newer, _ = gemini_standin.requests
-    assert older.ignored == [] and newer.ignored == ["temperature", "topK", "topP"]
+    assert older.ignored == []
+    assert newer.ignored == ["temperature", "topK", "topP"]
     client.close()
 
 
@@ -214,9 +217,11 @@ def test_standin_serves_known_models_and_404s_retired_ones(gemini_standin: Gemin
     assert httpx.get(f"{base}/v1beta/models/{PRIMARY}", headers=headers).json()["name"] == f"models/{PRIMARY}"
     gemini_standin.retire(PRIMARY)
     looked_up = httpx.get(f"{base}/v1beta/models/{PRIMARY}", headers=headers)
-    assert looked_up.status_code == 404 and looked_up.json()["error"]["status"] == "NOT_FOUND"
+    assert looked_up.status_code == 404
+    assert looked_up.json()["error"]["status"] == "NOT_FOUND"
     answer = httpx.post(f"{base}/v1beta/models/{PRIMARY}:generateContent", headers=headers, json={"contents": []})
-    assert answer.status_code == 404 and "is not found for API version v1beta" in answer.json()["error"]["message"]
+    assert answer.status_code == 404
+    assert "is not found for API version v1beta" in answer.json()["error"]["message"]
     assert set(MODELS) > set(gemini_standin.models)  # retiring changed this stand-in only
 
 
@@ -227,9 +232,11 @@ def test_404_is_model_unavailable_and_holds_the_model_off(
     gemini_standin.retire(PRIMARY)
     reranker = make_reranker(fallback_models=[], model_unavailable_hold_s=600.0)
     out = reranker.rerank("a red tram", candidates, k=3)
-    assert not out.applied and out.fallback_reason == "model_unavailable"
+    assert not out.applied
+    assert out.fallback_reason == "model_unavailable"
     assert [r.candidate.photo_id for r in out.results] == IDS[:3]  # CLIP order
-    assert f"{PRIMARY} was not found" in (out.detail or "") and "404 NOT_FOUND" in (out.detail or "")
+    assert f"{PRIMARY} was not found" in (out.detail or "")
+    assert "404 NOT_FOUND" in (out.detail or "")
     assert gemini_standin.request_count == 1  # a 404 is not retried
     assert reranker.status() == f"unavailable: {PRIMARY} was not found"
     assert reranker.model_availability() == {PRIMARY: False}
@@ -237,7 +244,8 @@ def test_404_is_model_unavailable_and_holds_the_model_off(
 
     clock.now += 599.0  # held off: answered at once, no HTTP call
     again = reranker.rerank("a blue tram", candidates, k=3)
-    assert again.fallback_reason == "model_unavailable" and "next check in 1s" in (again.detail or "")
+    assert again.fallback_reason == "model_unavailable"
+    assert "next check in 1s" in (again.detail or "")
     assert gemini_standin.request_count == 1
 
     clock.now += 2.0  # the hold is over: one trial call; the model is back, so re-ranking resumes
@@ -252,7 +260,8 @@ def test_no_longer_available_answer_is_model_unavailable(
 ) -> None:
     gemini_standin.script(no_longer_available(PRIMARY))
     out = make_reranker(fallback_models=[]).rerank("q", candidates, k=3)
-    assert out.fallback_reason == "model_unavailable" and "no longer available" in (out.detail or "")
+    assert out.fallback_reason == "model_unavailable"
+    assert "no longer available" in (out.detail or "")
 
 
 def test_fallback_model_answers_when_the_primary_is_not_found(
@@ -261,7 +270,8 @@ def test_fallback_model_answers_when_the_primary_is_not_found(
     gemini_standin.retire(PRIMARY)
     reranker = make_reranker(fallback_models=[FALLBACK])
     out = reranker.rerank("a red tram", candidates, k=3)
-    assert out.applied and out.model == FALLBACK
+    assert out.applied
+    assert out.model == FALLBACK
     assert f"answered by fallback model {FALLBACK}" in (out.detail or "")
     assert models_asked(gemini_standin) == [PRIMARY, FALLBACK]
     assert out.usage["attempts"] == 2
@@ -269,7 +279,8 @@ def test_fallback_model_answers_when_the_primary_is_not_found(
     assert reranker.status() == f"{FALLBACK} via google-genai (fallback); unavailable: {PRIMARY} was not found"
 
     second = reranker.rerank("a blue tram", candidates, k=3)  # the primary is held off: straight to the fallback
-    assert second.applied and second.model == FALLBACK
+    assert second.applied
+    assert second.model == FALLBACK
     assert models_asked(gemini_standin) == [PRIMARY, FALLBACK, FALLBACK]
 
 
@@ -304,7 +315,8 @@ def test_thinking_tokens_are_counted_and_billed_as_output(
 ) -> None:
     gemini_standin.script(rank(thoughts_tokens=300))
     out = make_reranker().rerank("q", candidates, k=3)
-    assert out.usage["thoughts_tokens"] == 300 and out.usage["output_tokens"] == 380
+    assert out.usage["thoughts_tokens"] == 300
+    assert out.usage["output_tokens"] == 380
     assert out.usage["total_tokens"] == 1580
     assert out.usage["cost_usd"] == pytest.approx((1200 * 0.30 + 380 * 2.50) / 1e6)
 
@@ -324,16 +336,19 @@ def test_startup_check_finds_models_and_marks_missing_ones(
 ) -> None:
     reranker = make_reranker(fallback_models=[FALLBACK])
     assert reranker.check_models() == {PRIMARY: "found", FALLBACK: "found"}
-    assert gemini_standin.lookups == [PRIMARY, FALLBACK] and gemini_standin.request_count == 0
+    assert gemini_standin.lookups == [PRIMARY, FALLBACK]
+    assert gemini_standin.request_count == 0
     assert reranker.status() == f"{PRIMARY} via google-genai (model found)"
 
     gemini_standin.retire(PRIMARY)
     retired = make_reranker(fallback_models=[FALLBACK])
     found = retired.check_models()
-    assert found[PRIMARY].startswith("not found") and found[FALLBACK] == "found"
+    assert found[PRIMARY].startswith("not found")
+    assert found[FALLBACK] == "found"
     assert retired.model_availability() == {PRIMARY: False, FALLBACK: True}
     out = retired.rerank("q", candidates, k=3)  # the first search goes straight to the fallback
-    assert out.applied and out.model == FALLBACK
+    assert out.applied
+    assert out.model == FALLBACK
     assert models_asked(gemini_standin) == [FALLBACK]
 
 
@@ -366,6 +381,7 @@ def test_settings_refuse_a_model_without_a_profile_and_merge_added_profiles() ->
             price_input_per_mtok=0, price_output_per_mtok=0, prices_read="x", thinking_level="low", thinking_budget=0
         )
     default = RerankSettings()
-    assert default.model == PRIMARY and default.model_chain == (PRIMARY, FALLBACK)
+    assert default.model == PRIMARY
+    assert default.model_chain == (PRIMARY, FALLBACK)
     assert "2026-12-02" in (RerankSettings.model_fields["model"].description or "")
     assert all(p.prices_read for p in default.models.values())

@@ -28,7 +28,7 @@ from clipsearch.rerank.gemini import (
 from clipsearch.rerank.thumbnails import ThumbnailProvider
 from clipsearch.settings import RerankSettings
 from clipsearch.types import Candidate, RerankOutcome
-from tests.fixtures.gemini_standin import (
+from clipsearch_devtools.gemini_standin import (
     GeminiStandin,
     blocked_finish,
     blocked_prompt,
@@ -64,11 +64,26 @@ def candidates() -> list[Candidate]:
     ]
 
 
+class ManualClock:
+    """The re-ranker's injected clock: time moves only when the test, or the re-ranker's injected sleep, moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    advance = sleep
+
+
 @pytest.fixture
 def make_reranker(gemini_standin: GeminiStandin, images_dir: Path) -> Iterator[MakeReranker]:
     made: list[GeminiReranker] = []
 
-    def make(**overrides: object) -> GeminiReranker:
+    def make(clock: ManualClock | None = None, **overrides: object) -> GeminiReranker:
         fields: dict[str, object] = {
             "api_key": API_KEY,
             "base_url": gemini_standin.base_url,
@@ -81,7 +96,11 @@ def make_reranker(gemini_standin: GeminiStandin, images_dir: Path) -> Iterator[M
         }
         fields.update(overrides)
         settings = RerankSettings.model_validate(fields)
-        reranker = GeminiReranker.from_settings(settings, images_dir)
+        if clock is None:
+            reranker = GeminiReranker.from_settings(settings, images_dir)
+        else:
+            thumbnails = ThumbnailProvider.from_settings(settings, images_dir)
+            reranker = GeminiReranker(settings, api_key=API_KEY, thumbnails=thumbnails, clock=clock, sleep=clock.sleep)
         assert reranker is not None
         made.append(reranker)
         return reranker
@@ -106,7 +125,8 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
 ) -> None:
     reranker = make_reranker()
     out = reranker.rerank("a red bicycle", candidates, k=4)
-    assert out.applied and out.fallback_reason is None
+    assert out.applied
+    assert out.fallback_reason is None
     assert ids_of(out) == IDS[::-1][:4]  # the stand-in answers the reversed order
     assert [r.rank for r in out.results] == [1, 2, 3, 4]
     assert all(r.reason and "stand-in" in r.reason for r in out.results)
@@ -120,7 +140,8 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
     for mime, data in images:
         assert mime == "image/jpeg"
         with Image.open(io.BytesIO(data)) as img:
-            assert img.format == "JPEG" and max(img.size) == 64
+            assert img.format == "JPEG"
+            assert max(img.size) == 64
     cfg = req.generation_config
     assert req.thinking_config == {"thinkingLevel": "MINIMAL"}  # explicit, the lowest 3.5 Flash-Lite allows
     assert cfg["mediaResolution"] == "MEDIA_RESOLUTION_LOW"
@@ -136,20 +157,27 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
     assert "a red bicycle" not in req.system_instruction
 
     assert out.usage["attempts"] == 1
-    assert out.usage["prompt_tokens"] == 1200 and out.usage["output_tokens"] == 80
-    assert out.usage["total_tokens"] == 1280 and out.usage["thoughts_tokens"] == 0
+    assert out.usage["prompt_tokens"] == 1200
+    assert out.usage["output_tokens"] == 80
+    assert out.usage["total_tokens"] == 1280
+    assert out.usage["thoughts_tokens"] == 0
     assert out.usage["cost_usd"] == pytest.approx((1200 * 0.30 + 80 * 2.50) / 1e6)  # 3.5 Flash-Lite's prices
     assert out.model == "gemini-3.5-flash-lite"
-    assert out.usage["cached"] == 0 and out.usage["images_sent"] == N
+    assert out.usage["cached"] == 0
+    assert out.usage["images_sent"] == N
 
 
 def test_quota_is_retried_then_falls_back(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
     gemini_standin.default = quota()
-    reranker = make_reranker()
-    out, elapsed = timed(lambda: reranker.rerank("city at night", candidates, k=4))
-    assert not out.applied and out.fallback_reason == "quota"
+    clock = ManualClock()
+    reranker = make_reranker(clock)
+    started = clock()
+    out = reranker.rerank("city at night", candidates, k=4)
+    elapsed = clock() - started  # the backoff sleeps, on the re-ranker's own clock
+    assert not out.applied
+    assert out.fallback_reason == "quota"
     assert ids_of(out) == IDS[:4]
     assert gemini_standin.request_count == 3 == out.usage["attempts"]  # 1 + max_retries
     assert "RESOURCE_EXHAUSTED" in (out.detail or "")
@@ -163,7 +191,8 @@ def test_unavailable_then_success_is_retried(
     out = make_reranker().rerank("city at night", candidates, k=3)
     assert out.applied
     assert ids_of(out) == IDS[::-1][:3]
-    assert out.usage["attempts"] == 2 and gemini_standin.request_count == 2
+    assert out.usage["attempts"] == 2
+    assert gemini_standin.request_count == 2
 
 
 def test_persistent_5xx_is_overloaded(
@@ -171,9 +200,11 @@ def test_persistent_5xx_is_overloaded(
 ) -> None:
     gemini_standin.default = unavailable()
     out = make_reranker(max_retries=0).rerank("q", candidates, k=2)
-    assert out.fallback_reason == "overloaded" and gemini_standin.request_count == 1
+    assert out.fallback_reason == "overloaded"
+    assert gemini_standin.request_count == 1
 
 
+@pytest.mark.e2e  # wall-clock: the time budget against a real hanging call
 def test_hang_falls_back_to_timeout_within_budget(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
@@ -181,12 +212,14 @@ def test_hang_falls_back_to_timeout_within_budget(
     reranker.thumbnails.get_many(candidates, 5.0)  # warm the thumbnail cache: time only the model call
     gemini_standin.script(hang(3.0))
     out, elapsed = timed(lambda: reranker.rerank("a foggy forest", candidates, k=4))
-    assert out.fallback_reason == "timeout" and not out.applied
+    assert out.fallback_reason == "timeout"
+    assert not out.applied
     assert ids_of(out) == IDS[:4]
     assert elapsed <= 0.3 + 0.05, f"took {elapsed * 1000:.0f} ms"
     assert gemini_standin.request_count == 1  # a hang is not retried: the budget is gone
 
 
+@pytest.mark.e2e  # wall-clock: the time budget against a real hanging call
 def test_timeout_holds_with_cold_thumbnail_cache(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
@@ -213,7 +246,8 @@ def test_unusable_output_is_invalid_output(
 ) -> None:
     gemini_standin.script(answer)  # type: ignore[arg-type]
     out = make_reranker().rerank("q", candidates, k=4)
-    assert out.fallback_reason == "invalid_output" and not out.applied
+    assert out.fallback_reason == "invalid_output"
+    assert not out.applied
     assert ids_of(out) == IDS[:4]
     assert out.usage["prompt_tokens"] == 1200  # an unusable answer was still paid for
     assert gemini_standin.request_count == 1  # not retried
@@ -226,9 +260,12 @@ def test_unknown_and_duplicate_ids_are_dropped_and_missing_filled_in_clip_order(
     out = make_reranker().rerank("q", candidates, k=N)
     assert out.applied
     assert ids_of(out) == [IDS[3], IDS[1], IDS[0], IDS[2], IDS[4], IDS[5]]
-    assert out.results[0].reason and out.results[2].reason is None
-    assert "2 unknown" in (out.detail or "") and "1 duplicate" in (out.detail or "")
-    assert out.usage["dropped_ids"] == 3 and out.usage["filled_ids"] == 4
+    assert out.results[0].reason
+    assert out.results[2].reason is None
+    assert "2 unknown" in (out.detail or "")
+    assert "1 duplicate" in (out.detail or "")
+    assert out.usage["dropped_ids"] == 3
+    assert out.usage["filled_ids"] == 4
 
 
 @pytest.mark.parametrize("answer", [blocked_prompt(), blocked_finish()], ids=["prompt-feedback", "finish-reason"])
@@ -238,7 +275,8 @@ def test_safety_block_falls_back_as_blocked(
     gemini_standin.script(answer)  # type: ignore[arg-type]
     reranker = make_reranker(breaker_failures=1)
     out = reranker.rerank("q", candidates, k=4)
-    assert out.fallback_reason == "blocked" and "SAFETY" in (out.detail or "")
+    assert out.fallback_reason == "blocked"
+    assert "SAFETY" in (out.detail or "")
     assert ids_of(out) == IDS[:4]
     assert reranker.breaker.allow()  # a block says nothing about Gemini's health
 
@@ -262,18 +300,19 @@ def test_prompt_injection_cannot_introduce_ids(
 def test_breaker_opens_after_failures_then_half_opens(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
-    reranker = make_reranker(max_retries=0, breaker_failures=2, breaker_reset_s=0.3)
+    clock = ManualClock()
+    reranker = make_reranker(clock, max_retries=0, breaker_failures=2, breaker_reset_s=0.3)
     gemini_standin.script(unavailable(), unavailable(), unavailable())
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"
-    out, elapsed = timed(lambda: reranker.rerank("q", candidates, 4))
-    assert out.fallback_reason == "breaker_open" and elapsed < 0.01
+    out = reranker.rerank("q", candidates, 4)
+    assert out.fallback_reason == "breaker_open"
     assert gemini_standin.request_count == 2  # refused without an HTTP call
-    time.sleep(0.32)
+    clock.advance(0.32)
     assert reranker.rerank("q", candidates, 4).fallback_reason == "overloaded"  # the half-open trial failed
     assert reranker.rerank("q", candidates, 4).fallback_reason == "breaker_open"
     assert gemini_standin.request_count == 3
-    time.sleep(0.32)
+    clock.advance(0.32)
     assert reranker.rerank("q", candidates, 4).applied  # trial succeeds: closed again
     assert reranker.rerank("q", candidates, 4).applied
     assert gemini_standin.request_count == 5
@@ -286,9 +325,12 @@ def test_identical_request_is_answered_from_cache(
     first = reranker.rerank("a red bicycle", candidates, k=4)
     second = reranker.rerank("a red bicycle", candidates, k=2)
     assert gemini_standin.request_count == 1
-    assert second.applied and ids_of(second) == ids_of(first)[:2]
-    assert second.usage["cached"] == 1 and second.usage["attempts"] == 0
-    assert second.usage["prompt_tokens"] == 0 and second.usage["cost_usd"] == 0
+    assert second.applied
+    assert ids_of(second) == ids_of(first)[:2]
+    assert second.usage["cached"] == 1
+    assert second.usage["attempts"] == 0
+    assert second.usage["prompt_tokens"] == 0
+    assert second.usage["cost_usd"] == 0
     reranker.rerank("a blue bicycle", candidates, k=4)  # another query is another key
     reranker.rerank("a red bicycle", candidates[:5], k=4)  # so is another candidate set
     assert gemini_standin.request_count == 3
@@ -314,9 +356,11 @@ def test_rejected_key_is_an_error_that_never_shows_the_key(
     with caplog.at_level(logging.DEBUG):
         out = make_reranker().rerank("q", candidates, k=4)
     assert out.fallback_reason == "error"
-    assert "403" in (out.detail or "") and "GEMINI_API_KEY" in (out.detail or "")
+    assert "403" in (out.detail or "")
+    assert "GEMINI_API_KEY" in (out.detail or "")
     assert gemini_standin.request_count == 1  # 4xx is not retried
-    assert API_KEY not in caplog.text and API_KEY not in (out.detail or "")
+    assert API_KEY not in caplog.text
+    assert API_KEY not in (out.detail or "")
     assert all(API_KEY not in line for line in gemini_standin.log_lines)
 
 
@@ -327,7 +371,8 @@ def test_unreachable_endpoint_is_an_error_not_an_exception(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
     out = make_reranker(base_url=f"http://127.0.0.1:{port}").rerank("q", candidates, k=4)
-    assert out.fallback_reason == "error" and "cannot reach Gemini" in (out.detail or "")
+    assert out.fallback_reason == "error"
+    assert "cannot reach Gemini" in (out.detail or "")
     assert ids_of(out) == IDS[:4]
 
 
@@ -336,8 +381,10 @@ def test_candidate_without_thumbnail_is_still_sent(
 ) -> None:
     (images_dir / f"{IDS[1]}.jpg").unlink()  # and its image_url points at a closed port
     out = make_reranker().rerank("q", candidates, k=N)
-    assert out.applied and sorted(ids_of(out)) == sorted(IDS)
-    assert out.usage["images_sent"] == N - 1 and out.usage["images_missing"] == 1
+    assert out.applied
+    assert sorted(ids_of(out)) == sorted(IDS)
+    assert out.usage["images_sent"] == N - 1
+    assert out.usage["images_missing"] == 1
     req = gemini_standin.requests[0]
     assert len(req.images) == N - 1
     assert any(json.dumps(IDS[1]) in t and "not available" in t for t in req.texts)
@@ -347,7 +394,9 @@ def test_fewer_than_two_candidates_makes_no_call(
     make_reranker: MakeReranker, gemini_standin: GeminiStandin, candidates: list[Candidate]
 ) -> None:
     out = make_reranker().rerank("q", candidates[:1], k=4)
-    assert ids_of(out) == IDS[:1] and not out.applied and out.fallback_reason is None
+    assert ids_of(out) == IDS[:1]
+    assert not out.applied
+    assert out.fallback_reason is None
     assert gemini_standin.request_count == 0
 
 
@@ -355,19 +404,23 @@ def test_no_key_means_clip_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     reranker, status = build_reranker(RerankSettings())
     assert isinstance(reranker, NoopReranker)
-    assert status.startswith("CLIP-only") and "GEMINI_API_KEY is not set" in status
+    assert status.startswith("CLIP-only")
+    assert "GEMINI_API_KEY is not set" in status
     assert GeminiReranker.from_settings(RerankSettings()) is None
     disabled, status = build_reranker(RerankSettings(api_key="k", enabled=False))
-    assert isinstance(disabled, NoopReranker) and "disabled" in status
+    assert isinstance(disabled, NoopReranker)
+    assert "disabled" in status
 
 
 def test_key_from_env_builds_gemini(monkeypatch: pytest.MonkeyPatch, gemini_standin: GeminiStandin) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
     reranker, status = build_reranker(RerankSettings(base_url=gemini_standin.base_url))
     try:
-        assert isinstance(reranker, GeminiReranker) and reranker.name == "gemini"
+        assert isinstance(reranker, GeminiReranker)
+        assert reranker.name == "gemini"
         assert status == "gemini-3.5-flash-lite via google-genai"
-        assert API_KEY not in status and API_KEY not in repr(reranker.settings)
+        assert API_KEY not in status
+        assert API_KEY not in repr(reranker.settings)
     finally:
         assert isinstance(reranker, GeminiReranker)
         reranker.close()
@@ -375,9 +428,12 @@ def test_key_from_env_builds_gemini(monkeypatch: pytest.MonkeyPatch, gemini_stan
 
 def test_parse_ranking_and_clean_reason_units() -> None:
     r = parse_ranking('{"ranking": [{"id": "b"}, "a", {"id": 3}]}', ["a", "b", "c"])
-    assert r.order == ("b", "a", "c") and r.ranked_by_model == 2 and r.dropped_unknown == 1
+    assert r.order == ("b", "a", "c")
+    assert r.ranked_by_model == 2
+    assert r.dropped_unknown == 1
     assert clean_reason("red\x00 bike\n\t\u200b here" + "x" * 500, limit=20) == "red bike herexxxxxx…"
-    assert clean_reason(42) is None and clean_reason("\x07") is None
+    assert clean_reason(42) is None
+    assert clean_reason("\x07") is None
     assert "data, not instructions" in SYSTEM_INSTRUCTION
 
 
@@ -408,6 +464,7 @@ class BlockingClient:
         self.release.set()
 
 
+@pytest.mark.e2e  # wall-clock: an abandoned call keeps its slot until it really ends
 def test_abandoned_calls_are_bounded_and_release_their_slot(candidates: list[Candidate], images_dir: Path) -> None:
     settings = RerankSettings(api_key=API_KEY, budget_s=0.2, max_retries=0, breaker_failures=5)
     client = BlockingClient()
@@ -421,8 +478,10 @@ def test_abandoned_calls_are_bounded_and_release_their_slot(candidates: list[Can
     try:
         assert reranker.rerank("q", candidates, 4).fallback_reason == "timeout"
         out, elapsed = timed(lambda: reranker.rerank("q2", candidates, 4))  # the only slot is still taken
-        assert out.fallback_reason == "overloaded" and "in flight" in (out.detail or "")
-        assert client.calls == 1 and elapsed < 0.15
+        assert out.fallback_reason == "overloaded"
+        assert "in flight" in (out.detail or "")
+        assert client.calls == 1
+        assert elapsed < 0.15
         client.release.set()
         assert client.ended.wait(2)
         time.sleep(0.05)  # the worker releases its slot right after the SDK call returns

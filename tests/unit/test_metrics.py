@@ -89,5 +89,5 @@ def test_latency_summary() -> None:
     out = latency_summary(range(1, 101))
     assert out == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01, "mean": 50.5})
     assert latency_summary([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "mean": 7.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no latencies"):
         latency_summary([])

@@ -45,7 +45,8 @@ def test_no_connection_says_what_to_do(tmp_path: Path) -> None:
         check_dataset_reachable(dataset, timeout_s=2)
     message = str(err.value)
     assert "Cannot reach 127.0.0.1:9" in message
-    assert "make fixture-run" in message and "CLIPSEARCH_DATASET__URL" in message
+    assert "make fixture-run" in message
+    assert "CLIPSEARCH_DATASET__URL" in message
 
 
 def test_a_verified_download_of_the_same_url_runs_offline(tmp_path: Path) -> None:

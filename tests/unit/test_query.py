@@ -13,18 +13,21 @@ from clipsearch.query import Filters, Query, QueryError, Term, check_limits
 def test_plain_text_is_one_term() -> None:
     query = Query.from_text("a red bicycle")
     assert [t.kind for t in query.terms] == ["text"]
-    assert query.text == "a red bicycle" and query.avoid == []
+    assert query.text == "a red bicycle"
+    assert query.avoid == []
     assert query.filters.is_empty()
 
 
 def test_weighted_and_negative_terms() -> None:
     query = Query(terms=[Term(text="cat"), Term(text="glasses", weight=-1), Term(photo_id="abcDEF_123-x", weight=2)])
-    assert query.text == "cat" and query.avoid == ["glasses"]
+    assert query.text == "cat"
+    assert query.avoid == ["glasses"]
 
 
 def test_base64_image_is_decoded_and_bad_base64_is_named() -> None:
     term = Term(image=base64.b64encode(b"\x89PNG...").decode())
-    assert term.image == b"\x89PNG..." and term.kind == "image"
+    assert term.image == b"\x89PNG..."
+    assert term.kind == "image"
     with pytest.raises(ValidationError, match="not valid base64"):
         Term(image="not base64!!")
 

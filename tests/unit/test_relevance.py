@@ -77,14 +77,16 @@ def test_normalise_query() -> None:
 def test_holdout_graded_by_distinct_users_plus_keywords() -> None:
     out = build_judgments(CONV, KW, INDEXED, settings())
     assert out.cutoff == pd.Timestamp("2021-01-02T10:00", tz="UTC")
-    assert out.n_conversions == 10 and out.n_test_conversions == 6
+    assert out.n_conversions == 10
+    assert out.n_test_conversions == 6
     by_query = {q.query: q.relevant for q in out.queries}
     assert by_query == {"red bicycle": {"p1": 2, "p2": 1}, "forest": {"p3": 1, "p4": 1}}
     assert out.n_keyword_judgments == 1
     # Most positives first, then alphabetical: both have 2 -> "forest" before "red bicycle".
     assert [q.query for q in out.queries] == ["forest", "red bicycle"]
     summary = out.describe()
-    assert summary["n_queries"] == 2 and summary["cutoff"].startswith("2021-01-02T10:00")
+    assert summary["n_queries"] == 2
+    assert summary["cutoff"].startswith("2021-01-02T10:00")
     assert summary["settings.holdout_fraction"] == 0.6
 
 
@@ -97,7 +99,8 @@ def test_without_keywords_and_min_users() -> None:
 def test_min_positives_and_max_queries() -> None:
     assert [q.query for q in build_judgments(CONV, KW, INDEXED, settings(min_positives=3)).queries] == []
     capped = build_judgments(CONV, KW, INDEXED, settings(max_queries=1))
-    assert [q.query for q in capped.queries] == ["forest"] and capped.n_candidate_queries == 2
+    assert [q.query for q in capped.queries] == ["forest"]
+    assert capped.n_candidate_queries == 2
 
 
 def test_only_indexed_photos_count() -> None:
@@ -122,7 +125,8 @@ def test_ties_at_the_cutoff_are_not_split() -> None:
 
 def test_empty_inputs_and_missing_columns() -> None:
     empty = build_judgments(CONV.iloc[0:0], KW.iloc[0:0], INDEXED, settings())
-    assert empty.queries == [] and empty.cutoff is None
+    assert empty.queries == []
+    assert empty.cutoff is None
     with pytest.raises(DataFormatError, match=r"conversions table lacks columns \['anonymous_user_id'\]"):
         build_judgments(CONV.drop(columns="anonymous_user_id"), KW, INDEXED, settings())
     with pytest.raises(DataFormatError, match="keywords table lacks"):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import faiss
 import numpy as np
 import pytest
 
@@ -23,12 +20,7 @@ def structured(n: int, dim: int, seed: int) -> np.ndarray:
     return normalised(rng.normal(size=(n, 16)) @ basis + 0.3 * 4 * rng.normal(size=(n, dim)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_faiss_thread() -> Iterator[None]:
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 @pytest.mark.parametrize("n_queries", [1, 7, 40])  # FAISS switches to BLAS from 20 queries on
@@ -36,7 +28,9 @@ def test_faiss_backend_equals_numpy(n_queries: int) -> None:
     x, q = structured(3000, 64, seed=0), structured(n_queries, 64, seed=1)
     ref_scores, ref_rows = ExactIndex(x).search(q, 10)
     scores, rows = ExactIndex(x, backend="faiss").search(q, 10)
-    assert rows.dtype == np.int64 and scores.dtype == np.float32 and rows.shape == (n_queries, 10)
+    assert rows.dtype == np.int64
+    assert scores.dtype == np.float32
+    assert rows.shape == (n_queries, 10)
     np.testing.assert_array_equal(rows, ref_rows)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-6, rtol=0)
 
@@ -55,7 +49,9 @@ def test_faiss_backend_ties_in_row_order_and_k_past_the_end() -> None:
     index = ExactIndex(x, backend="faiss")
     assert index.search(x[:1], 4)[1][0].tolist() == [0, 1, 2, 3]
     _, rows = index.search(x[:1], 50)
-    assert rows[0].tolist() == [0, 1, 2, 3, 4, 5] and len(index) == 6 and index.dim == 4
+    assert rows[0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert len(index) == 6
+    assert index.dim == 4
     assert index.search(x[:1], 0)[1].shape == (1, 0)
 
 
@@ -65,7 +61,8 @@ def test_backend_is_recorded_and_restored() -> None:
     assert built.params == {"backend": "faiss"}
     assert build_index(x, IndexSettings(kind="exact")).params == {}  # default: numpy, manifest unchanged
     loaded = load_index("exact", dict(built.params), x.astype(np.float16), None)
-    assert isinstance(loaded, ExactIndex) and loaded.params == {"backend": "faiss"}
+    assert isinstance(loaded, ExactIndex)
+    assert loaded.params == {"backend": "faiss"}
     np.testing.assert_array_equal(loaded.search(x[:3], 5)[1], ExactIndex(x).search(x[:3], 5)[1])
 
 

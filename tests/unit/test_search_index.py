@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
-import faiss
 import numpy as np
 import pytest
 
@@ -30,13 +28,7 @@ def recall_at(k: int, approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
     return hits / (k * len(exact_rows))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_faiss_thread() -> Iterator[None]:
-    """FAISS's OpenMP threads spin-wait; on a shared, oversubscribed CI machine 2 threads run ~50x slower than 1."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_faiss_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,8 @@ def test_exact_matches_brute_force_order_and_scores() -> None:
     scores, rows = ExactIndex(x).search(q, 10)
     full = q @ x.T
     expected = np.argsort(-full, axis=1, kind="stable")[:, :10]
-    assert rows.dtype == np.int64 and scores.dtype == np.float32
+    assert rows.dtype == np.int64
+    assert scores.dtype == np.float32
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(scores, np.take_along_axis(full, expected, axis=1), rtol=1e-6)
     assert np.all(np.diff(scores, axis=1) <= 0)
@@ -66,7 +59,8 @@ def test_exact_widens_float16_and_accepts_a_single_vector() -> None:
     x = normalised(np.random.default_rng(4).normal(size=(50, 8)))
     index = ExactIndex(x.astype(np.float16))
     scores, rows = index.search(x[5], 1)  # 1-D query -> one row
-    assert rows.shape == (1, 1) and rows[0, 0] == 5
+    assert rows.shape == (1, 1)
+    assert rows[0, 0] == 5
     assert scores[0, 0] == pytest.approx(1.0, abs=2e-3)
 
 
@@ -74,7 +68,9 @@ def test_exact_k_larger_than_corpus_returns_everything_sorted() -> None:
     x = normalised(np.random.default_rng(5).normal(size=(3, 4)))
     scores, rows = ExactIndex(x).search(x[:2], 10)
     assert rows.shape == (2, 3)
-    assert sorted(rows[0].tolist()) == [0, 1, 2] and rows[0, 0] == 0 and rows[1, 0] == 1
+    assert sorted(rows[0].tolist()) == [0, 1, 2]
+    assert rows[0, 0] == 0
+    assert rows[1, 0] == 1
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
@@ -82,7 +78,8 @@ def test_exact_equal_scores_come_back_in_row_order_and_repeatably() -> None:
     x = np.tile(normalised(np.ones((1, 4))), (6, 1))
     index = ExactIndex(x)
     _, rows = index.search(x[:1], 4)
-    assert rows[0].tolist() == sorted(rows[0].tolist()) and len(set(rows[0].tolist())) == 4
+    assert rows[0].tolist() == sorted(rows[0].tolist())
+    assert len(set(rows[0].tolist())) == 4
     np.testing.assert_array_equal(rows, index.search(x[:1], 4)[1])
 
 
@@ -95,7 +92,8 @@ def test_hnsw_recall_at_10_against_exact(corpus: np.ndarray, queries: np.ndarray
     _, exact_rows = ExactIndex(corpus).search(queries, 10)
     index = FaissHnswIndex.build(corpus, m=32, ef_construction=200, ef_search=128)
     scores, rows = index.search(queries, 10)
-    assert len(index) == 5000 and index.kind == "hnsw"
+    assert len(index) == 5000
+    assert index.kind == "hnsw"
     assert recall_at(10, rows, exact_rows) >= 0.95
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
 
@@ -131,7 +129,7 @@ def test_ivf_pq_rejects_a_non_divisor() -> None:
         FaissIvfIndex.build(structured(500, 64), nlist=4, nprobe=2, pq_m=7)
 
 
-def test_hnsw_round_trip_keeps_ef_search(corpus: np.ndarray, queries: np.ndarray) -> None:
+def test_hnsw_round_trip_keeps_ef_search(corpus: np.ndarray) -> None:
     index = FaissHnswIndex.build(corpus[:1000], m=16, ef_construction=64, ef_search=40)
     again = load_index("hnsw", {**index.params, "ef_search": 64}, corpus[:1000], index.to_bytes())
     assert again.params["ef_search"] == 64
@@ -143,7 +141,8 @@ def test_build_index_dispatches_on_kind(corpus: np.ndarray) -> None:
     assert build_index(corpus[:100], IndexSettings(kind="exact")).kind == "exact"
     assert build_index(corpus[:100], IndexSettings(kind="hnsw", hnsw_m=8)).kind == "hnsw"
     ivf = build_index(corpus[:400], IndexSettings(kind="ivf", ivf_nlist=4, ivf_nprobe=50))
-    assert ivf.kind == "ivf" and ivf.params["nprobe"] == 4  # nprobe clamped to nlist
+    assert ivf.kind == "ivf"
+    assert ivf.params["nprobe"] == 4
 
 
 def test_clamp_nlist_small_corpus() -> None:

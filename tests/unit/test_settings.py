@@ -18,7 +18,7 @@ from clipsearch.settings import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text("model:\n  arch: ViT-B-32\n")
@@ -42,13 +42,13 @@ def test_unknown_section_in_params_file_is_an_error(params_file: Path) -> None:
         load_settings()
 
 
-def test_unknown_nested_env_variable_is_an_error(params_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_nested_env_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_RERANK__BUDGET", "2")
     with pytest.raises(ConfigError, match=r"unknown setting 'rerank.budget' \(in .* or CLIPSEARCH_RERANK__BUDGET\)"):
         load_settings()
 
 
-def test_unknown_env_section_is_an_error(params_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_env_section_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_SERVCE__CACHE_DIR", "/tmp/x")
     with pytest.raises(ConfigError, match="CLIPSEARCH_SERVCE__CACHE_DIR: did you mean CLIPSEARCH_SERVICE__"):
         load_settings()
@@ -60,7 +60,7 @@ def test_bad_value_names_key_and_value(params_file: Path) -> None:
         load_settings()
 
 
-def test_variables_that_are_not_settings_are_allowed(params_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_variables_that_are_not_settings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLIPSEARCH_TEST_CACHE", "/tmp/cache")
     monkeypatch.setenv("CLIPSEARCH_TOOLS_BIN", "/tmp/tools")
     monkeypatch.setenv("CLIPSEARCH_MODEL__ARCH", "RN50")
@@ -78,8 +78,10 @@ def test_repository_params_file_loads_and_pins_the_data_set(monkeypatch: pytest.
 def test_defaults_pin_the_release_and_another_url_drops_the_default_checksum() -> None:
     assert DatasetSettings().sha256 == UNSPLASH_LITE_SHA256
     mirror = DatasetSettings(url="http://127.0.0.1:8765/lite.zip")
-    assert mirror.sha256 == "" and mirror.version == "unpinned"
+    assert mirror.sha256 == ""
+    assert mirror.version == "unpinned"
     latest = DatasetSettings(url="https://unsplash.com/data/lite/latest")
-    assert latest.version == "latest" and latest.sha256 == ""
+    assert latest.version == "latest"
+    assert latest.sha256 == ""
     pinned_mirror = DatasetSettings(url="http://127.0.0.1:8765/lite.zip", sha256="ab" * 32)
     assert pinned_mirror.sha256 == "ab" * 32

@@ -121,11 +121,13 @@ def test_get_many_returns_within_its_timeout_and_fills_the_cache_later(
     elapsed = time.monotonic() - t0
     assert elapsed < 0.3
     assert got["local1"] is not None
-    assert got["slow1"] is None and got["slow2"] is None
+    assert got["slow1"] is None
+    assert got["slow2"] is None
     deadline = time.monotonic() + 3
     while ("slow1" not in provider.cache or "slow2" not in provider.cache) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "slow1" in provider.cache and "slow2" in provider.cache
+    assert "slow1" in provider.cache
+    assert "slow2" in provider.cache
 
 
 def test_concurrent_requests_for_one_photo_share_one_fetch(provider: ThumbnailProvider, host: FakeImageHost) -> None:
@@ -144,12 +146,13 @@ def test_concurrent_requests_for_one_photo_share_one_fetch(provider: ThumbnailPr
     assert len(host.requests) == 1
 
 
-def test_thumbnail_cache_is_bounded(tmp_path: Path, host: FakeImageHost) -> None:
+def test_thumbnail_cache_is_bounded(host: FakeImageHost) -> None:
     p = ThumbnailProvider(thumbnail_px=64, cache_size=2, http_client=httpx.Client(transport=httpx.MockTransport(host)))
     try:
         for i in range(3):
             p.get(cand(f"p{i}"))
-        assert len(p.cache) == 2 and "p0" not in p.cache
+        assert len(p.cache) == 2
+        assert "p0" not in p.cache
     finally:
         p.close()
 
@@ -166,10 +169,13 @@ def test_lru_cache_evicts_least_recently_used_and_zero_disables() -> None:
     cache.put("b", 2)
     assert cache.get("a") == 1  # a is now the most recent
     cache.put("c", 3)
-    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3
+    assert "b" not in cache
+    assert cache.get("a") == 1
+    assert cache.get("c") == 3
     assert (cache.hits, cache.misses) == (3, 0)
     off: LruCache[str, int] = LruCache(0)
     off.put("a", 1)
-    assert off.get("a") is None and len(off) == 0
-    with pytest.raises(ValueError):
+    assert off.get("a") is None
+    assert len(off) == 0
+    with pytest.raises(ValueError, match="max_size must be >= 0"):
         LruCache(-1)

@@ -15,9 +15,9 @@ from PIL import Image
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, DataFormatError
 from clipsearch.settings import ModelSettings
+from clipsearch_devtools import tiny_clip
+from clipsearch_devtools.unsplash_lite import THEMES, FixtureInfo, build_fixture
 from tests.conftest import ServedFixture
-from tests.fixtures import tiny_clip
-from tests.fixtures.unsplash_lite import THEMES, FixtureInfo, build_fixture
 
 K = 4
 
@@ -106,7 +106,8 @@ def test_cache_reuses_a_checkpoint_for_the_same_content(
     assert tiny_clip.cached_tiny_clip(moved, cache_dir=tmp_path, steps=2, seed=0) == first
     monkeypatch.undo()
     other = tiny_clip.cached_tiny_clip(small_fixture, cache_dir=tmp_path, steps=3, seed=0)
-    assert other != first and other.is_file()
+    assert other != first
+    assert other.is_file()
 
 
 def test_cache_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -120,9 +121,11 @@ def test_pairs_use_descriptive_texts_only(small_fixture: Path) -> None:
     pairs = tiny_clip.prepare_pairs(small_fixture)
     assert len(pairs.photo_ids) == 40
     assert pairs.images.shape == (40, 3, 32, 32)
-    assert "forest" in pairs.texts and "a foggy forest at dawn" in pairs.texts
+    assert "forest" in pairs.texts
+    assert "a foggy forest at dawn" in pairs.texts
     assert "nature" not in pairs.texts  # on ~3/7 of all photos: a stop word, not a description
-    assert bool(pairs.positives.any(dim=1).all()) and bool(pairs.positives.any(dim=0).all())
+    assert bool(pairs.positives.any(dim=1).all())
+    assert bool(pairs.positives.any(dim=0).all())
 
 
 def test_loss_with_one_positive_each_is_clips_loss() -> None:
@@ -165,6 +168,7 @@ def test_cli_writes_a_checkpoint_and_reports_errors(
 ) -> None:
     out = tmp_path / "cli.pt"
     assert tiny_clip.main(["--fixture", str(small_fixture), "--out", str(out), "--steps", "2"]) == 0
-    assert out.is_file() and str(out) in capsys.readouterr().out
+    assert out.is_file()
+    assert str(out) in capsys.readouterr().out
     assert tiny_clip.main(["--fixture", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "no Unsplash Lite zip" in capsys.readouterr().err

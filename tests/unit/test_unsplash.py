@@ -18,7 +18,7 @@ from clipsearch.unsplash import (
     read_lite,
     read_table,
 )
-from tests.fixtures.unsplash_lite import build_fixture
+from clipsearch_devtools.unsplash_lite import build_fixture
 
 
 def _shard(header: list[str], rows: list[list[str]]) -> bytes:
@@ -77,7 +77,8 @@ def test_columns_are_typed(small_fixture) -> None:
     assert str(photos["photo_aspect_ratio"].dtype) == "Float64"
     assert str(photos["photo_description"].dtype) == "string"
     assert str(keywords["suggested_by_user"].dtype) == "boolean"
-    assert keywords["suggested_by_user"].any() and not keywords["suggested_by_user"].all()
+    assert keywords["suggested_by_user"].any()
+    assert not keywords["suggested_by_user"].all()
     assert conversions["converted_at"].min() >= pd.Timestamp("2022-05-01", tz="UTC")
     # CSV quoting inside a TAB-separated shard, and an embedded newline, survive
     descriptions = set(photos["photo_description"].dropna())
