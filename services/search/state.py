@@ -47,7 +47,13 @@ class ServiceState:
             max_batch=settings.service.batch_max_size,
             max_wait_ms=settings.service.batch_max_wait_ms,
             cache_size=settings.service.embedding_cache_size,
+            queue_deadline_ms=settings.service.queue_deadline_ms,
+            max_queue=settings.service.max_queue,
+            on_shed=lambda reason: metrics.shed.labels(reason=reason).inc(),
+            on_abandoned=metrics.abandoned.inc,
         )
+        metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        metrics.queue_predicted_wait.set_function(self.batcher.predicted_wait_s)
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
 
