@@ -65,7 +65,7 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["exact", "hnsw", "ivf"]
+    kind: Literal["exact", "hnsw", "ivf", "hnsw_sq"]
     params: dict[str, int | float | str] = Field(default_factory=dict)
 
 
