@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -40,12 +42,22 @@ def bench_hnsw_sq(
     ef_construction: int,
     efs: list[int],
     refines: list[int],
+    cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     faiss.omp_set_num_threads(2)
     t = time.perf_counter()
-    index = FaissHnswSqIndex.build(x, m=m, ef_construction=ef_construction, ef_search=efs[0], refine=0, pca_dim=pca)
-    build_s = time.perf_counter() - t
-    print(f"  hnsw_sq pca{pca} M{m} efC{ef_construction}: built in {build_s:.0f} s", flush=True)
+    params = {"m": m, "ef_construction": ef_construction, "ef_search": efs[0], "refine": 0, "pca_dim": pca}
+    if cache is not None and cache.exists():
+        index = FaissHnswSqIndex(faiss.read_index(str(cache)), params)
+        build_s = float(json.loads(cache.with_suffix(".json").read_text())["build_s"])
+        print(f"  hnsw_sq pca{pca} M{m} efC{ef_construction}: read {cache} (built in {build_s:.0f} s)", flush=True)
+    else:
+        index = FaissHnswSqIndex.build(x, m=m, ef_construction=ef_construction, ef_search=efs[0], refine=0, pca_dim=pca)
+        build_s = time.perf_counter() - t
+        print(f"  hnsw_sq pca{pca} M{m} efC{ef_construction}: built in {build_s:.0f} s", flush=True)
+        if cache is not None:
+            faiss.write_index(index._index, str(cache))
+            cache.with_suffix(".json").write_text(json.dumps({"build_s": build_s}))
     faiss.omp_set_num_threads(1)
     memory = _faiss_bytes(index._index)
     refined = {r: FaissHnswSqIndex(index._index, {**index.params, "refine": r}) for r in refines}
@@ -79,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--efc", type=int, default=80)
     parser.add_argument("--efs", default="64,128,256")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the built index here and reuse it")
     parser.add_argument("--name", default="")
     args = parser.parse_args(argv)
     d = DATA[args.data]
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     load_before = [round(v, 2) for v in os.getloadavg()]
     efs = [int(e) for e in args.efs.split(",")]
-    rows = bench_hnsw_sq(x, x16, queries, truth, args.pca, args.m, args.efc, efs, [0, 4])
+    rows = bench_hnsw_sq(x, x16, queries, truth, args.pca, args.m, args.efc, efs, [0, 4], args.cache)
     name = args.name or f"ann_{args.data}_{args.size}"
     payload = {
         "dim": DIM,

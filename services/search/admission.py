@@ -8,7 +8,8 @@ admitted ones keep their latency, the shed ones cost microseconds, and the queue
 The prediction is arithmetic over what the worker just did: an exponentially weighted mean of seconds per query
 in recent batches (per item, so it already reflects how well queries batch at the current load), times the
 queries waiting ahead, plus what is left of the batch in progress. Batches grow under load and the cost per
-query falls, so the admitted queue grows with them. A request that nonetheless waited more than
+query falls, so the admitted queue grows with them. Before the first batch has been measured, at most
+`cold_queue` requests (one batch) may wait. A request that nonetheless waited more than
 `EXPIRE_FACTOR` x the deadline (the machine stalled) is dropped when it reaches the worker.
 
 Nothing here reads the wall clock directly: `clock` is injected, so the unit tests are deterministic.
@@ -58,6 +59,7 @@ class AdmissionControl:
         max_queue: int,
         clock: Callable[[], float] = time.perf_counter,
         alpha: float = EWMA_ALPHA,
+        cold_queue: int = 32,
     ) -> None:
         if deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
@@ -67,6 +69,7 @@ class AdmissionControl:
         self.max_queue = max_queue
         self.clock = clock
         self.alpha = alpha
+        self.cold_queue = cold_queue
         self._lock = threading.Lock()
         self._per_item_s: float | None = None  # EWMA of batch seconds / batch size
         self._busy_since: float | None = None
@@ -97,6 +100,13 @@ class AdmissionControl:
                 f"overloaded: {ahead} queries are already waiting (the limit is {self.max_queue}); retry shortly",
                 retry_after(wait),
                 round(wait * 1000.0, 3),
+            )
+        if self._per_item_s is None and ahead >= self.cold_queue:
+            return Shed(
+                "deadline",
+                f"overloaded: {ahead} queries are already waiting and the service has not measured its speed yet; "
+                "retry shortly",
+                1,
             )
         wait = self.predicted_wait_s(ahead)
         if wait > self.deadline_s:

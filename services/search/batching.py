@@ -82,7 +82,7 @@ class QueryBatcher:
         self.results: LruCache[tuple[int, str, int], tuple[SearchEngine, QueryVector, list[Candidate]]] = LruCache(
             cache_size
         )
-        self.admission = AdmissionControl(queue_deadline_ms / 1000.0, max_queue)
+        self.admission = AdmissionControl(queue_deadline_ms / 1000.0, max_queue, cold_queue=max_batch)
         self._on_shed = on_shed or (lambda reason: None)
         self._on_abandoned = on_abandoned or (lambda: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()

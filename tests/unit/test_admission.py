@@ -20,9 +20,19 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def test_admits_everything_before_any_measurement_up_to_the_queue_limit(clock: FakeClock) -> None:
+def test_before_any_measurement_one_batch_may_wait(clock: FakeClock) -> None:
+    ac = AdmissionControl(deadline_s=0.05, max_queue=100, clock=clock, cold_queue=4)
+    assert ac.predicted_wait_s(3) == 0.0
+    assert ac.check(3) is None
+    shed = ac.check(4)
+    assert shed is not None and shed.reason == "deadline" and "not measured its speed yet" in shed.detail
+    ac.batch_done(size=1, seconds=0.001)
+    assert ac.check(4) is None
+
+
+def test_the_queue_limit_holds_however_cheap_queries_are(clock: FakeClock) -> None:
     ac = AdmissionControl(deadline_s=0.05, max_queue=8, clock=clock)
-    assert ac.predicted_wait_s(7) == 0.0
+    ac.batch_done(size=1, seconds=0.0)
     assert ac.check(7) is None
     shed = ac.check(8)
     assert shed is not None and shed.reason == "queue_full"
