@@ -138,6 +138,7 @@ class SearchEngine:
             index_version=self.index_version,
             rerank_detail=outcome.detail,
             rerank_usage=outcome.usage,
+            rerank_model=outcome.model,
         )
 
 

@@ -1,0 +1,206 @@
+"""The composed query: one value that describes what a user asks, built by every entry point.
+
+GET parameters, the JSON and multipart bodies of `POST /search`, the CLI, the chat page and (later) Gemini's
+reading of a sentence are thin adapters onto `Query`; `SearchEngine` is the one thing that answers it. So the
+rules live here once: what a term is, what a filter may say, which limits hold. Limits that an operator tunes
+(query length, k, candidates) come from `ServiceSettings` and are checked by `check_limits`, so a hand-written
+query and a machine-written one meet the same bounds.
+
+How the engine reads it (see DESIGN.md, "The query, as it grows"):
+- terms -> one query vector: the normalised weighted sum of the terms' unit vectors (text and images encoded by
+  CLIP, a photo id by its stored vector); negative weights push away.
+- filters -> an exact allowed-id selection over the index's metadata (AND across fields, OR within one).
+- mode -> vector, keyword (BM25 over the photo's text) or hybrid (both, fused by reciprocal rank fusion).
+- min_score, dedupe, sort, offset/cursor and k -> what comes back; rerank -> whether Gemini orders page one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import date
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from clipsearch.errors import ConfigError
+from clipsearch.images import is_safe_photo_id
+
+RerankMode = Literal["auto", "on", "off"]
+SearchMode = Literal["vector", "hybrid", "keyword"]
+Orientation = Literal["landscape", "portrait", "square"]
+SortOrder = Literal["relevance", "newest", "oldest"]
+
+MAX_TERMS = 8
+MAX_WEIGHT = 10.0
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded size of one uploaded image
+MAX_FILTER_VALUES = 20  # values in one field's OR-list
+
+
+class QueryError(ConfigError):
+    """A query that cannot be answered as given; the message names the field (the API answers 422)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Term(_Strict):
+    """One thing to look for (or, with a negative weight, to look away from): exactly one of the four sources."""
+
+    text: str | None = Field(None, description="Words to look for.", examples=["a foggy forest at dawn"])
+    image: bytes | None = Field(
+        None,
+        description="An example image (JPEG, PNG or WebP); base64 in JSON, a file part in multipart.",
+    )
+    image_url: str | None = Field(None, description="An example image fetched from an http(s) URL.")
+    photo_id: str | None = Field(
+        None, description="A photo of the served index ('more like this'); its stored vector is used."
+    )
+    weight: float = Field(
+        1.0,
+        ge=-MAX_WEIGHT,
+        le=MAX_WEIGHT,
+        description="How much this term counts; negative pushes results away from it (e.g. -1 for 'not people').",
+    )
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _decode_base64(cls, value: object) -> object:
+        """JSON carries images as base64 text; multipart adapters pass raw bytes."""
+        if isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError("image: not valid base64") from exc
+        if isinstance(value, bytes) and len(value) > MAX_IMAGE_BYTES:
+            raise ValueError(f"image: {len(value)} bytes; the limit is {MAX_IMAGE_BYTES}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Term:
+        given = [n for n in ("text", "image", "image_url", "photo_id") if getattr(self, n) not in (None, b"", "")]
+        if len(given) != 1:
+            raise ValueError(
+                "a term has exactly one of text, image, image_url or photo_id"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.weight == 0:
+            raise ValueError("weight: 0 would ignore the term; use a positive or negative weight")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text: empty; type a few words describing the image")
+        if self.image_url is not None and not self.image_url.startswith(("http://", "https://")):
+            raise ValueError("image_url: must be an http(s) URL")
+        if self.photo_id is not None and not is_safe_photo_id(self.photo_id):
+            raise ValueError("photo_id: not a valid Unsplash photo id")
+        return self
+
+    @property
+    def kind(self) -> Literal["text", "image", "image_url", "photo_id"]:
+        if self.text is not None:
+            return "text"
+        if self.image is not None:
+            return "image"
+        return "image_url" if self.image_url is not None else "photo_id"
+
+
+class GeoRadius(_Strict):
+    """Photos taken within `radius_km` of a point (great-circle distance; photos without coordinates never match)."""
+
+    lat: float = Field(..., ge=-90, le=90)
+    lon: float = Field(..., ge=-180, le=180)
+    radius_km: float = Field(..., gt=0, le=20_000)
+
+
+def _values(max_len: int = MAX_FILTER_VALUES) -> object:
+    return Field(None, min_length=1, max_length=max_len)
+
+
+class Filters(_Strict):
+    """Metadata filters: AND across fields, OR within one field's list. Unknown fields are rejected (422)."""
+
+    orientation: Annotated[list[Orientation] | None, _values()] = None
+    colors: Annotated[list[str] | None, _values()] = Field(
+        None, description="Colour keywords from Unsplash Lite's colors table (e.g. 'blue')."
+    )
+    min_color_coverage: float = Field(
+        0.1, ge=0, le=1, description="Share of the photo a colour must cover to count (with `colors`)."
+    )
+    photographer: Annotated[list[str] | None, _values()] = Field(None, description="Photographer usernames.")
+    country: Annotated[list[str] | None, _values()] = None
+    city: Annotated[list[str] | None, _values()] = None
+    near: GeoRadius | None = None
+    submitted_from: date | None = Field(None, description="Submitted on or after this day.")
+    submitted_to: date | None = Field(None, description="Submitted on or before this day.")
+    camera_make: Annotated[list[str] | None, _values()] = None
+    camera_model: Annotated[list[str] | None, _values()] = None
+    featured: bool | None = None
+    min_width: int | None = Field(None, ge=1, le=100_000)
+    min_height: int | None = Field(None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _ordered_dates(self) -> Filters:
+        if self.submitted_from and self.submitted_to and self.submitted_from > self.submitted_to:
+            raise ValueError("submitted_from is after submitted_to")
+        return self
+
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True, exclude={"min_color_coverage"})
+
+
+class Query(_Strict):
+    """Everything a user asks, in one value."""
+
+    terms: list[Term] = Field(..., min_length=1, max_length=MAX_TERMS)
+    filters: Filters = Field(default_factory=Filters)
+    mode: SearchMode = Field(
+        "vector", description="vector: CLIP; keyword: BM25 over the photo's text; hybrid: both, fused."
+    )
+    k: int = Field(4, ge=1, description="How many results to return (one page).")
+    candidates: int = Field(10, ge=1, description="How many nearest neighbours the re-ranker chooses from.")
+    offset: int = Field(0, ge=0, le=10_000, description="Skip this many results (page = offset / k).")
+    cursor: str | None = Field(None, description="Opaque position returned by the previous page (instead of offset).")
+    min_score: float | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
+    sort: SortOrder = "relevance"
+    dedupe: bool = Field(False, description="Collapse near-duplicate photos (cosine >= 0.94) to the best one.")
+    rerank: RerankMode = Field("auto", description="auto: re-rank when a Gemini key is configured; on; off.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Query:
+        if not any(t.weight > 0 for t in self.terms):
+            raise ValueError("terms: at least one term needs a positive weight (negative terms only push away)")
+        if self.cursor is not None and self.offset:
+            raise ValueError("give either offset or cursor, not both")
+        if self.mode == "keyword" and not any(t.kind == "text" for t in self.terms):
+            raise ValueError("mode keyword needs a text term")
+        return self
+
+    @classmethod
+    def from_text(cls, text: str, **fields: object) -> Query:
+        """The plain query every entry point started with: one text term."""
+        return cls(terms=[Term(text=text)], **fields)
+
+    @property
+    def text(self) -> str:
+        """The positive text terms joined: what a keyword index and a re-ranker read as 'the query'."""
+        return " ".join(t.text for t in self.terms if t.text is not None and t.weight > 0)
+
+    @property
+    def avoid(self) -> list[str]:
+        """Negative text terms: what the re-ranker is told to avoid."""
+        return [t.text for t in self.terms if t.text is not None and t.weight < 0]
+
+
+def check_limits(query: Query, *, max_query_chars: int, max_k: int, max_candidates: int) -> None:
+    """The operator's limits (ServiceSettings); a QueryError names the field that exceeds one."""
+    for i, term in enumerate(query.terms):
+        if term.text is not None and len(term.text.strip()) > max_query_chars:
+            raise QueryError(
+                f"terms[{i}].text: the text is {len(term.text.strip())} characters; the limit is {max_query_chars}"
+            )
+    if query.k > max_k:
+        raise QueryError(f"k: must be between 1 and {max_k}")
+    if query.candidates > max_candidates:
+        raise QueryError(f"candidates: must be between 1 and {max_candidates}")
+    if query.candidates < query.k:
+        raise QueryError(f"candidates ({query.candidates}) must be at least k ({query.k})")

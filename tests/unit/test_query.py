@@ -1,0 +1,69 @@
+"""The composed query's own rules: one source per term, weights, filters, limits."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from pydantic import ValidationError
+
+from clipsearch.query import Filters, Query, QueryError, Term, check_limits
+
+
+def test_plain_text_is_one_term() -> None:
+    query = Query.from_text("a red bicycle")
+    assert [t.kind for t in query.terms] == ["text"]
+    assert query.text == "a red bicycle" and query.avoid == []
+    assert query.filters.is_empty()
+
+
+def test_weighted_and_negative_terms() -> None:
+    query = Query(terms=[Term(text="cat"), Term(text="glasses", weight=-1), Term(photo_id="abcDEF_123-x", weight=2)])
+    assert query.text == "cat" and query.avoid == ["glasses"]
+
+
+def test_base64_image_is_decoded_and_bad_base64_is_named() -> None:
+    term = Term(image=base64.b64encode(b"\x89PNG...").decode())
+    assert term.image == b"\x89PNG..." and term.kind == "image"
+    with pytest.raises(ValidationError, match="not valid base64"):
+        Term(image="not base64!!")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"terms": []}, "at least 1 item"),
+        ({"terms": [{"text": "a", "weight": -1}]}, "positive weight"),
+        ({"terms": [{"text": "a", "photo_id": "abc"}]}, "exactly one of"),
+        ({"terms": [{"text": "a", "weight": 0}]}, "weight: 0"),
+        ({"terms": [{"image_url": "file:///etc/passwd"}]}, "http"),
+        ({"terms": [{"photo_id": "../etc"}]}, "photo_id"),
+        ({"terms": [{"text": "a"}], "filters": {"colour": ["blue"]}}, "colour"),
+        ({"terms": [{"text": "a"}], "filters": {"orientation": ["diagonal"]}}, "orientation"),
+        (
+            {"terms": [{"text": "a"}], "filters": {"submitted_from": "2022-01-01", "submitted_to": "2021-01-01"}},
+            "after",
+        ),
+        ({"terms": [{"text": "a"}], "offset": 4, "cursor": "x"}, "offset or cursor"),
+        ({"terms": [{"photo_id": "abc"}], "mode": "keyword"}, "keyword needs a text"),
+    ],
+)
+def test_bad_queries_name_the_problem(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Query(**fields)
+
+
+def test_operator_limits() -> None:
+    limits = {"max_query_chars": 10, "max_k": 5, "max_candidates": 20}
+    check_limits(Query.from_text("short"), **limits)
+    with pytest.raises(QueryError, match=r"terms\[0\].text"):
+        check_limits(Query.from_text("much too long a text"), **limits)
+    with pytest.raises(QueryError, match="k: must be"):
+        check_limits(Query.from_text("a", k=6, candidates=10), **limits)
+    with pytest.raises(QueryError, match="at least k"):
+        check_limits(Query.from_text("a", k=5, candidates=4), **limits)
+
+
+def test_filters_empty_and_not() -> None:
+    assert Filters().is_empty()
+    assert not Filters(featured=True).is_empty()
