@@ -108,6 +108,12 @@ class ModelSettings(Section):
     onnx_quantize: Literal["none", "int8"] = Field(
         "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."
     )
+    int8_min_cosine: float = Field(
+        0.995, ge=0, le=1, description="int8 parity gate: minimum cosine to fp32 over the evaluation queries."
+    )
+    int8_min_top10_overlap: float = Field(
+        0.9, ge=0, le=1, description="int8 parity gate: minimum mean top-10 overlap with fp32 on the index."
+    )
     onnx_cache_dir: Path | None = Field(
         None, description="Where exported ONNX text towers are cached; default $XDG_CACHE_HOME/clipsearch/onnx."
     )
@@ -350,6 +356,12 @@ class ServiceSettings(Section):
         "Retry-After instead of queueing (admitted queries keep their latency under overload).",
     )
     max_queue: int = Field(256, ge=1, le=100_000, description="Queries allowed to wait at once; beyond it, 503.")
+    query_encoder: Literal["auto", "model"] = Field(
+        "auto",
+        description="auto: on CPU (with text_backend auto/onnx) serve text queries with the index artifact's own "
+        "ONNX query encoder, without importing torch, when the artifact carries one; model: always load the torch "
+        "model from model.pretrained.",
+    )
 
 
 class _PrefixedEnvSource(EnvSettingsSource):
