@@ -81,6 +81,15 @@ def prepare(workdir: Path, size: int, exact_backend: str) -> tuple[Path, Path]:
     out = workdir / "index"
     settings = IndexSettings(kind="exact", exact_backend=exact_backend)
     write_artifact(out, structured_vectors(size, identity.dim), ids, meta, identity, settings, "bench-synthetic")
+    # What the pipeline's export_encoders + register stages add: the query encoder, from the same weights.
+    from clipsearch.index.artifact import add_query_encoders, load_artifact
+    from clipsearch.query_encoders import export_query_encoders, load_dir
+
+    encoder = ClipEncoder(ModelSettings(arch=ARCH, pretrained=str(weights), device="cpu")).load()
+    spec = export_query_encoders(
+        encoder, workdir / "encoders", ModelSettings(), list(QUERIES[:10]), load_artifact(out).index
+    )
+    add_query_encoders(out, load_dir(workdir / "encoders", spec), spec)
     return weights, out
 
 
@@ -117,39 +126,59 @@ def single_client(base_url: str, n: int) -> dict[str, Any]:
     return {"variant": "single client, sequential", **percentiles_ms(times), **stages}
 
 
+async def _raw_get(host: str, port: int, target: str, timeout_s: float) -> tuple[int, dict[str, str]]:
+    """One HTTP/1.1 GET on its own connection (Connection: close): status and headers, body drained.
+
+    The load generator's own cost must stay linear in the requests it sends: httpx's async pool re-scans every
+    queued request against every connection, which on 2 loaded cores made the generator the bottleneck past
+    ~100 req/s.
+    """
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(-1), timeout_s)
+    finally:
+        writer.close()
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ", 2)[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    return status, headers
+
+
 async def _open_loop(base_url: str, rate: float, duration_s: float, offset: int) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    url = httpx.URL(base_url)
+    host, port = str(url.host), int(url.port or 80)
     latencies: list[float] = []
     shed: list[float] = []
     errors: dict[str, int] = {}
-    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
 
-        async def one(i: int, scheduled: float) -> None:
-            try:
-                sent = time.perf_counter()
-                r = await client.get("/search", params={"q": _query(offset + i), "rerank": "off"})
-                if r.status_code == 503 and "retry-after" in r.headers:
-                    shed.append(time.perf_counter() - sent)  # admission control: time from send to the answer
-                    return
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    return
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+    async def one(i: int, scheduled: float) -> None:
+        target = "/search?" + str(httpx.QueryParams({"q": _query(offset + i), "rerank": "off"}))
+        try:
+            sent = time.perf_counter()
+            status, headers = await _raw_get(host, port, target, 10.0)
+            if status == 503 and "retry-after" in headers:
+                shed.append(time.perf_counter() - sent)  # admission control: time from send to the answer
                 return
-            latencies.append(time.perf_counter() - scheduled)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+                return
+        except (OSError, TimeoutError, ValueError, IndexError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            return
+        latencies.append(time.perf_counter() - scheduled)
 
-        tasks = []
-        start = time.perf_counter()
-        n = int(rate * duration_s)
-        for i in range(n):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, scheduled)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
+    tasks = []
+    start = time.perf_counter()
+    n = int(rate * duration_s)
+    for i in range(n):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
     return {
         "variant": f"open loop {rate:g} req/s x {duration_s:g} s",
         "offered_rps": rate,
