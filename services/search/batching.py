@@ -146,6 +146,9 @@ class QueryBatcher:
             done, _ = await asyncio.wait({mine, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if job.future in done:
                 return job.future.result()
+            if watcher.exception() is not None:  # the disconnect watch itself failed: just wait for the answer
+                log.warning("disconnect watch failed", extra={"reason": repr(watcher.exception())})
+                return await job.future
             job.abandoned = True
             raise ClientDisconnected("the client disconnected before its query started")
         except asyncio.CancelledError:
