@@ -1,11 +1,14 @@
 # syntax=docker/dockerfile:1.7
 #
-# clipsearch images. One Dockerfile, three targets (see docs/DEPLOY.md):
+# clipsearch images. One Dockerfile, four targets (see docs/DEPLOY.md):
 #
-#   gpu     the search service / pipeline jobs for GPU nodes: CUDA 13.0 base + torch cu130 wheels
-#           docker buildx build --target gpu -t clipsearch:gpu .
-#   cpu     the same code on a plain Debian base with CPU-only torch (the k8s `cpu` overlay, laptops, CI)
-#           docker buildx build --target cpu -t clipsearch:cpu .
+#   gpu        the search service / pipeline jobs for GPU nodes: CUDA 13.0 base + torch cu130 wheels
+#              docker buildx build --target gpu -t clipsearch:gpu .
+#   cpu        the search service for CPU nodes, without torch: it answers text queries with the ONNX query
+#              encoder the registered index artifact carries (the k8s `cpu` overlay, laptops, CI)
+#              docker buildx build --target cpu -t clipsearch:cpu .
+#   cpu-torch  the same code with CPU-only torch: pipeline stages on CPU, or serving an artifact without encoders
+#              docker buildx build --target cpu-torch -t clipsearch:cpu-torch .
 #   mlflow  the MLflow tracking server (mlflow + PostgreSQL driver + boto3 for S3 artifacts)
 #           docker buildx build --target mlflow -t clipsearch-mlflow .
 #
@@ -71,6 +74,15 @@ RUN /opt/venv/bin/python -c "import tomllib; print('\\n'.join(tomllib.load(open(
         --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple \
         -c constraints.txt -r requirements.txt
 
+# deps-serve: the torch-free query service (`cpu` target): every runtime dependency except torch, torchvision,
+# open-clip-torch and onnxscript, which only the pipeline (embedding, ONNX export) needs. No other dependency
+# pulls torch back in (benchmarks/image_size.py walks the closure).
+FROM python AS deps-serve
+WORKDIR /src
+COPY pyproject.toml constraints.txt ./
+RUN /opt/venv/bin/python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; skip = {'torch', 'torchvision', 'open-clip-torch', 'onnxscript'}; print('\n'.join(d for d in deps if re.split(r'[^A-Za-z0-9_.-]', d, maxsplit=1)[0] not in skip))" > requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt -r requirements.txt
+
 # ---------------------------------------------------------------------------------------------------------
 # app: the project itself, installed (not editable) the way the service contract says:
 # `pip install -c constraints.txt .`, with the dependencies already satisfied by the stage it builds on.
@@ -90,6 +102,15 @@ COPY README.md ./
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps -c constraints.txt . \
     && /opt/venv/bin/pip check
 
+# pip check would name the pipeline-only packages as missing: instead, prove the service imports without torch.
+FROM deps-serve AS app-serve
+COPY clipsearch/ clipsearch/
+COPY training/ training/
+COPY services/ services/
+COPY README.md ./
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps -c constraints.txt . \
+    && /opt/venv/bin/python -c "import sys, services.search.app; assert 'torch' not in sys.modules, 'cpu image imports torch'"
+
 # ---------------------------------------------------------------------------------------------------------
 # weights: /models/clip, empty unless CLIP_WEIGHTS names a checkpoint inside the build context. The context
 # is bind-mounted only for this RUN, so nothing but the one named file can reach a layer.
@@ -108,10 +129,45 @@ RUN --mount=type=bind,source=.,target=/context \
     && chmod -R a+rX /models
 
 # ---------------------------------------------------------------------------------------------------------
-# cpu: runtime image on Debian slim.
+# cpu: the torch-free search service on Debian slim (text queries from the artifact's ONNX query encoder).
 FROM ${DEBIAN_IMAGE} AS cpu
 ARG CLIP_PRETRAINED=openai
 LABEL org.opencontainers.image.title="clipsearch (cpu)" \
+      org.opencontainers.image.description="CLIP semantic image search service, CPU build without torch" \
+      org.opencontainers.image.source="https://github.com/clipsearch/clipsearch"
+RUN groupadd --system --gid 10001 clipsearch \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /cache/home \
+        --shell /usr/sbin/nologin clipsearch \
+    && mkdir -p /cache && chown 10001:10001 /cache
+COPY --from=python /opt/python /opt/python
+COPY --from=app-serve /opt/venv /opt/venv
+COPY --from=weights /models /models
+COPY params.yaml /app/params.yaml
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/cache/home \
+    XDG_CACHE_HOME=/cache/xdg \
+    HF_HOME=/cache/huggingface \
+    TORCH_HOME=/cache/torch \
+    MPLCONFIGDIR=/cache/matplotlib \
+    CLIPSEARCH_PARAMS=/app/params.yaml \
+    CLIPSEARCH_SERVICE__CACHE_DIR=/cache/index \
+    CLIPSEARCH_MODEL__DEVICE=cpu \
+    CLIPSEARCH_MODEL__PRETRAINED=${CLIP_PRETRAINED}
+WORKDIR /app
+VOLUME ["/cache"]
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+CMD ["uvicorn", "services.search.app:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header"]
+
+# ---------------------------------------------------------------------------------------------------------
+# cpu-torch: runtime image on Debian slim with CPU-only torch (pipeline stages; artifacts without encoders).
+FROM ${DEBIAN_IMAGE} AS cpu-torch
+ARG CLIP_PRETRAINED=openai
+LABEL org.opencontainers.image.title="clipsearch (cpu-torch)" \
       org.opencontainers.image.description="CLIP semantic image search service and pipeline jobs, CPU build" \
       org.opencontainers.image.source="https://github.com/clipsearch/clipsearch"
 RUN groupadd --system --gid 10001 clipsearch \

@@ -86,6 +86,7 @@ def lines(results_dir: Path = RESULTS_DIR) -> list[str]:
             f"| cold start <= 10 s | {svc['cold_start_s']} s | {label} | RSS ready {svc['rss_ready_mb']} MiB, "
             f"after load {svc['rss_after_load_mb']} MiB |"
         )
+    out += service_lines(results_dir) + ann_lines(results_dir)
     rr = _load("rerank", results_dir)
     if rr:
         warm, _, hang = rr["overhead"]
@@ -110,6 +111,73 @@ def lines(results_dir: Path = RESULTS_DIR) -> list[str]:
                 out.append(
                     f"| embed >= 90% of model-only | {r['images_per_s']} img/s = {r['ratio']:.0%} of "
                     f"{model['images_per_s']} img/s | {r['variant']}, {emb['arch']} CPU | |"
+                )
+    return out
+
+
+def service_lines(results_dir: Path = RESULTS_DIR) -> list[str]:
+    """Rows of `bench_service --variants ...` (service.json): every variant side by side, targets of issue 12."""
+    svc = _load("service", results_dir)
+    if not svc:
+        return []
+    out = []
+    for v in svc["variants"]:
+        rows = {r["variant"]: r for r in v["results"]}
+        single = rows.get("single client, sequential", {})
+        hits = rows.get("cache hits, sequential", {})
+        label = f"`{v['variant']}` ({', '.join(f'{k}={x}' for k, x in v['overrides'].items()) or 'settings defaults'})"
+        load = f"load avg {v['loadavg_at_start'][0]}"
+        out.append(
+            f"| single client p95 <= 12 ms | p50 {single.get('p50_ms')} ms, p95 {single.get('p95_ms')} ms | {label} | {load} |"
+        )
+        out.append(f"| cache hit p95 <= 3 ms | p50 {hits.get('p50_ms')} ms, p95 {hits.get('p95_ms')} ms | {label} | |")
+        for name, r in rows.items():
+            if name.startswith("open loop"):
+                out.append(
+                    f"| >= 150 req/s at p95 <= 100 ms, 0 errors | {r['completed_rps']} of {r['offered_rps']:g} offered, "
+                    f"p95 {r['p95_ms']} ms, errors {r['errors']}, shed {r.get('shed', 0)} | {label} | |"
+                )
+            elif name.startswith("capacity probe"):
+                out.append(
+                    f"| capacity (saturated, shedding on) | {r['completed_rps']} req/s completed of {r['offered_rps']:g} "
+                    f"offered, admitted p95 {r.get('p95_ms')} ms, shed {r.get('shed')} (p95 {r.get('shed_p95_ms')} ms) "
+                    f"| {label} | |"
+                )
+            elif name.startswith("overload"):
+                out.append(
+                    f"| 2x capacity: >= 95% of capacity done, admitted p95 <= 100 ms, shed <= 5 ms | "
+                    f"{r['completed_rps']} req/s = {r.get('completed_over_capacity', 0):.0%} of capacity, admitted "
+                    f"p95 {r.get('p95_ms')} ms, shed {r.get('shed')} (p50 {r.get('shed_p50_ms')} / p95 "
+                    f"{r.get('shed_p95_ms')} ms), other errors {r['errors']} | {label} | |"
+                )
+        out.append(
+            f"| cold start <= 3 s (registry pull -> ready, 25K) | {v['cold_start_s']} s | {label} | RSS ready "
+            f"{v['rss_ready_mb']} MiB, after load {v['rss_after_load_mb']} MiB |"
+        )
+    size = _load("image_size", results_dir)
+    if size:
+        out.append(
+            f"| `cpu` image without torch | site-packages {size['site_packages_mb_torch_free']} MB vs "
+            f"{size['site_packages_mb_with_torch_no_cuda_libs']} MB with torch (CUDA libs and triton excluded; "
+            f"{size['site_packages_mb_with_torch_cuda']} MB with them) | estimate from installed packages | no docker daemon here |"
+        )
+    return out
+
+
+def ann_lines(results_dir: Path = RESULTS_DIR) -> list[str]:
+    """Rows of `bench_ann` at 1M (diffuse data): every measured variant with recall >= 0.9."""
+    out = []
+    for name in ("ann_diffuse_1000000_run1", "ann_diffuse_1000000"):
+        ann = _load(name, results_dir)
+        if not ann:
+            continue
+        load = ann["machine"]["loadavg"][0]
+        for r in ann["results"]:
+            if r["recall_at_10"] >= 0.9:
+                out.append(
+                    f"| 1M diffuse: recall@10 >= 0.95 at p95 <= 2 ms, build <= 15 min | p50 {r['p50_ms']} ms, p95 "
+                    f"{r['p95_ms']} ms, recall@10 {r['recall_at_10']} | {r['variant']} | build {r['build_s']} s, "
+                    f"{r['bytes_per_vector']} B/vector; load avg {load} |"
                 )
     return out
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -20,8 +20,17 @@ from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
 from clipsearch.types import Candidate, RerankOutcome, SearchResult
 
 if TYPE_CHECKING:
-    from clipsearch.encoder import ClipEncoder
+    from clipsearch.identity import ModelIdentity
     from clipsearch.index.artifact import IndexArtifact
+
+
+class QueryEncoder(Protocol):
+    """What the engine needs to encode text queries: `ClipEncoder` (torch) or the artifact's ONNX encoder."""
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    def encode_text_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,7 @@ class QueryVector:
 class SearchEngine:
     """An encoder, an index artifact built by that same encoder, and a re-ranker."""
 
-    def __init__(self, encoder: ClipEncoder, artifact: IndexArtifact, reranker: Reranker | None = None) -> None:
+    def __init__(self, encoder: QueryEncoder, artifact: IndexArtifact, reranker: Reranker | None = None) -> None:
         if encoder.identity != artifact.manifest.model:
             raise ArtifactError(
                 f"The index at {artifact.path} was built with {artifact.manifest.model.describe()}, but the "
@@ -142,7 +151,7 @@ class SearchEngine:
         )
 
 
-def load_engine(index_dir: Path, encoder: ClipEncoder, reranker: Reranker | None = None) -> SearchEngine:
+def load_engine(index_dir: Path, encoder: QueryEncoder, reranker: Reranker | None = None) -> SearchEngine:
     """Load and verify an artifact for this encoder (checksums, format, model identity), then build an engine."""
     from clipsearch.index.artifact import load_artifact
 

@@ -108,6 +108,12 @@ class ModelSettings(Section):
     onnx_quantize: Literal["none", "int8"] = Field(
         "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."
     )
+    int8_min_cosine: float = Field(
+        0.995, ge=0, le=1, description="int8 parity gate: minimum cosine to fp32 over the evaluation queries."
+    )
+    int8_min_top10_overlap: float = Field(
+        0.9, ge=0, le=1, description="int8 parity gate: minimum mean top-10 overlap with fp32 on the index."
+    )
     onnx_cache_dir: Path | None = Field(
         None, description="Where exported ONNX text towers are cached; default $XDG_CACHE_HOME/clipsearch/onnx."
     )
@@ -122,9 +128,10 @@ class EmbedSettings(Section):
 
 
 class IndexSettings(Section):
-    """Which nearest-neighbour structure the artifact carries. `exact` is right up to ~1M vectors."""
+    """Which nearest-neighbour structure the artifact carries. `exact` is right up to ~1M vectors; `hnsw_sq`
+    (PCA + 8-bit codes + HNSW + exact refine, ~400 B/vector) is the choice beyond (benchmarks/bench_ann.py)."""
 
-    kind: Literal["exact", "hnsw", "ivf"] = "exact"
+    kind: Literal["exact", "hnsw", "ivf", "hnsw_sq"] = "exact"
     exact_backend: Literal["numpy", "faiss"] = Field(
         "numpy",
         description="How `exact` scores: numpy BLAS, or FAISS's flat kernels (same top-k and scores within float "
@@ -134,6 +141,12 @@ class IndexSettings(Section):
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=8)
     hnsw_ef_search: int = Field(128, ge=8)
+    hnsw_pca_dim: int = Field(
+        64, ge=0, description="hnsw_sq: PCA to this many dimensions before the 8-bit codes (0 = no PCA)."
+    )
+    hnsw_refine: int = Field(
+        4, ge=0, le=100, description="hnsw_sq: re-score the top k x this exactly with the stored vectors (0 = off)."
+    )
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(32, ge=1)
     ivf_pq_m: int = Field(0, ge=0, description="0 = IVF-Flat; >0 = IVF-PQ with this many sub-quantizers.")
@@ -332,7 +345,23 @@ class ServiceSettings(Section):
     ui_enabled: bool = True
     batch_max_size: int = Field(32, ge=1, le=1024, description="Concurrent queries encoded and searched together.")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100, description="How long a query waits for company.")
-    embedding_cache_size: int = Field(4096, ge=0, description="Repeated query texts skip the encoder (LRU).")
+    embedding_cache_size: int = Field(
+        4096, ge=0, description="Repeated query texts skip the encoder, and repeated (text, k) skip the queue (LRU)."
+    )
+    queue_deadline_ms: float = Field(
+        50.0,
+        gt=0,
+        le=10_000,
+        description="Admission control: a query predicted to start later than this is answered at once with 503 + "
+        "Retry-After instead of queueing (admitted queries keep their latency under overload).",
+    )
+    max_queue: int = Field(256, ge=1, le=100_000, description="Queries allowed to wait at once; beyond it, 503.")
+    query_encoder: Literal["auto", "model"] = Field(
+        "auto",
+        description="auto: on CPU (with text_backend auto/onnx) serve text queries with the index artifact's own "
+        "ONNX query encoder, without importing torch, when the artifact carries one; model: always load the torch "
+        "model from model.pretrained.",
+    )
 
 
 class _PrefixedEnvSource(EnvSettingsSource):

@@ -129,6 +129,23 @@ def log_dataset_input(data_dir: Path, engine: SearchEngine) -> None:
     mlflow.log_input(dataset, context="evaluation", tags=lineage.tags)
 
 
+QUERY_ENCODER_SPEC = Path("data/query_encoders/spec.json")
+
+
+def log_query_encoder_gate(mlflow: Any) -> None:
+    """The export stage's int8 parity gate (what it measured, what ships and why) on the evaluation run."""
+    if not QUERY_ENCODER_SPEC.is_file():
+        return
+    spec = json.loads(QUERY_ENCODER_SPEC.read_text())
+    gate = spec.get("int8_gate", {})
+    mlflow.log_params({"query_encoder.precision": spec.get("text", {}).get("precision", "fp32")})
+    if gate.get("requested"):
+        mlflow.log_metrics(
+            {"int8_min_cosine": float(gate["min_cosine"]), "int8_top10_overlap": float(gate["top10_overlap"])}
+        )
+        mlflow.set_tags({"int8_gate": "passed" if gate.get("passed") else "failed", "int8_gate_reason": gate["reason"]})
+
+
 def main() -> None:
     settings = get_settings()
     encoder = ClipEncoder.from_settings(settings.model)
@@ -176,6 +193,7 @@ def main() -> None:
             mlflow.log_artifact(str(grid))
             mlflow.log_artifact(str(out / "evaluation.json"))
             mlflow.log_artifact(str(METRICS_FILE))
+            log_query_encoder_gate(mlflow)
             mlflow.set_tags({"index_version": engine.index_version, "model": engine.artifact.manifest.model.describe()})
             run_id = run.info.run_id
     (out / "mlflow_run.json").write_text(json.dumps({"run_id": run_id, "index_version": engine.index_version}) + "\n")

@@ -17,7 +17,7 @@ import numpy as np
 
 from clipsearch.cli_support import run_cli
 from clipsearch.errors import ConfigError
-from clipsearch.index.artifact import add_reference_queries, load_artifact
+from clipsearch.index.artifact import add_query_encoders, add_reference_queries, load_artifact
 from clipsearch.registry import register_index
 from clipsearch.settings import get_settings
 
@@ -34,6 +34,9 @@ RUNTIME_PACKAGES = (
     "pydantic-settings",
     "mlflow",
 )
+
+
+QUERY_ENCODERS_DIR = Path("data/query_encoders")
 
 
 def pinned_requirements() -> list[str]:
@@ -58,6 +61,10 @@ def main() -> None:
         staged = Path(tmp) / "index"
         shutil.copytree(settings.index.output_dir, staged)
         add_reference_queries(staged, reference)
+        encoders = QUERY_ENCODERS_DIR / "spec.json"
+        if encoders.is_file():  # the export stage's query encoder: checksummed and identity-checked in the artifact
+            spec = json.loads(encoders.read_text())
+            add_query_encoders(staged, {n: (QUERY_ENCODERS_DIR / n).read_bytes() for n in spec["files"].values()}, spec)
         staged_artifact = load_artifact(staged)
         manifest = staged_artifact.manifest
         registered = register_index(

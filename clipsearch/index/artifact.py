@@ -66,7 +66,7 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["exact", "hnsw", "ivf"]
+    kind: Literal["exact", "hnsw", "ivf", "hnsw_sq"]
     params: dict[str, int | float | str] = Field(default_factory=dict)
 
 
@@ -84,6 +84,13 @@ class Manifest(BaseModel):
     dataset_version: str
     files: dict[str, str]
     created_at: datetime
+    # The query encoders the artifact carries (clipsearch.query_encoders.QueryEncoderSpec as JSON): their files
+    # are listed in `files` like every other, so they are checksummed and pulled with the rest.
+    query_encoders: dict[str, Any] | None = None
+
+    @property
+    def query_encoder_files(self) -> list[str]:
+        return list((self.query_encoders or {}).get("files", {}).values())
 
     @property
     def version(self) -> str:
@@ -117,6 +124,8 @@ class IndexArtifact:
     metadata: pd.DataFrame
     index: VectorIndex
     reference_queries: np.ndarray | None = None
+    # The verified bytes of the query-encoder files, when `load_artifact(..., query_encoders=True)` read them.
+    query_encoder_blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
     _rows: _RowMeta = field(init=False, repr=False)
     _row_of: dict[str, int] = field(init=False, repr=False)
 
@@ -342,11 +351,17 @@ def read_manifest(path: Path | str) -> Manifest:
         raise ArtifactError(f"{manifest_path} is malformed: {exc}; {REBUILD_HINT}") from exc
 
 
-def load_artifact(path: Path | str, expected_model: ModelIdentity | None = None, verify: bool = True) -> IndexArtifact:
+def load_artifact(
+    path: Path | str,
+    expected_model: ModelIdentity | None = None,
+    verify: bool = True,
+    query_encoders: bool = False,
+) -> IndexArtifact:
     """Load an artifact and refuse it if anything is off (see module docstring).
 
     `verify=False` skips the checksum and norm checks (for trusted local reloads); shapes, ids and the
-    model identity are always checked.
+    model identity are always checked. The query-encoder files (hundreds of MB) are read, verified and handed
+    over in `query_encoder_blobs` only with `query_encoders=True`.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -356,7 +371,9 @@ def load_artifact(path: Path | str, expected_model: ModelIdentity | None = None,
             f"{expected_model.describe()}; serve it with the matching model, or rebuild the index with this "
             "model (`dvc repro build_index` after `dvc repro embed`)"
         )
-    blobs = _read_verified_files(path, manifest) if verify else _read_files(path, manifest)
+    skip = set() if query_encoders else set(manifest.query_encoder_files)
+    blobs = _read_verified_files(path, manifest, skip) if verify else _read_files(path, manifest, skip)
+    encoder_blobs = {name: blobs.pop(name) for name in manifest.query_encoder_files if name in blobs}
 
     vectors = _load_npy(blobs[VECTORS], VECTORS, path)
     ids = _load_npy(blobs[IDS], IDS, path)
@@ -377,10 +394,42 @@ def load_artifact(path: Path | str, expected_model: ModelIdentity | None = None,
         metadata=metadata,
         index=index,
         reference_queries=reference,
+        query_encoder_blobs=encoder_blobs,
     )
 
 
-def _read_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
+def add_query_encoders(path: Path | str, files: Mapping[str, bytes], spec: Mapping[str, Any]) -> Manifest:
+    """Add the query encoders (ONNX graphs, embedding tables, tokenizer vocabulary) to an existing artifact.
+
+    `spec["model"]` must be the artifact's own model identity: encoders of another model are refused, like
+    vectors of another model. The artifact is verified first and republished atomically with the new files.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    model = ModelIdentity.model_validate(spec.get("model", {}))
+    if model != manifest.model:
+        raise ArtifactError(
+            f"the query encoders were exported from {model.describe()} but the index at {path} was built with "
+            f"{manifest.model.describe()}; re-run the export stage (`dvc repro export_encoders`)"
+        )
+    named = dict(spec.get("files", {}))
+    if sorted(named.values()) != sorted(files) or any(Path(n).name != n or n == MANIFEST for n in files):
+        raise ArtifactError(f"the query encoder spec names {sorted(named.values())} but the files are {sorted(files)}")
+    blobs = _read_verified_files(path, manifest)
+    for old in manifest.query_encoder_files:
+        blobs.pop(old, None)
+    blobs.update(files)
+    new_manifest = manifest.model_copy(
+        update={
+            "files": {name: _sha256(data) for name, data in sorted(blobs.items())},
+            "query_encoders": dict(spec),
+        }
+    )
+    _publish(path, {**blobs, MANIFEST: _manifest_bytes(new_manifest)})
+    return new_manifest
+
+
+def _read_files(path: Path, manifest: Manifest, skip: set[str] | None = None) -> dict[str, bytes]:
     for name in REQUIRED_FILES:
         if name not in manifest.files:
             raise ArtifactError(f"{path / MANIFEST} does not list {name}; {REBUILD_HINT}")
@@ -388,6 +437,8 @@ def _read_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
         raise ArtifactError(f"{path / MANIFEST} names a {manifest.index.kind} index but lists no {FAISS_INDEX}")
     blobs: dict[str, bytes] = {}
     for name in manifest.files:
+        if skip and name in skip:
+            continue
         if Path(name).name != name or name == MANIFEST:
             raise ArtifactError(f"{path / MANIFEST} lists an invalid file name {name!r}; {REBUILD_HINT}")
         file = path / name
@@ -400,9 +451,9 @@ def _read_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
     return blobs
 
 
-def _read_verified_files(path: Path, manifest: Manifest) -> dict[str, bytes]:
+def _read_verified_files(path: Path, manifest: Manifest, skip: set[str] | None = None) -> dict[str, bytes]:
     """Read every listed file once and check it against its manifest sha256 (no re-read between check and use)."""
-    blobs = _read_files(path, manifest)
+    blobs = _read_files(path, manifest, skip)
     for name, data in blobs.items():
         actual = _sha256(data)
         if actual != manifest.files[name]:

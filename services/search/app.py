@@ -28,7 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.settings import Settings, get_settings
 from services.search import ops_routes, search_routes
-from services.search.schemas import ErrorResponse
+from services.search.admission import Overloaded
+from services.search.schemas import ErrorResponse, OverloadedResponse
 from services.search.state import ServiceState
 from services.search.telemetry import Metrics, configure_json_logging, request_id_var
 
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
         version="0.1.0",
         description="Semantic image search over Unsplash Lite: CLIP retrieval with optional Gemini re-ranking.",
         lifespan=lifespan,
-        responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        responses={422: {"model": ErrorResponse}, 503: {"model": OverloadedResponse}},
     )
     app.state.metrics = metrics
     _install_middleware(app, metrics)
@@ -132,6 +133,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
             parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
         return _error(request, 422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        shed = exc.shed
+        body = OverloadedResponse(
+            detail=shed.detail,
+            request_id=getattr(request.state, "request_id", None),
+            reason=shed.reason,
+            retry_after_s=shed.retry_after_s,
+            predicted_wait_ms=shed.predicted_wait_ms,
+        )
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": str(shed.retry_after_s)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

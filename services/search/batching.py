@@ -8,7 +8,12 @@ hands each request its own slice. A burst of N queries costs about one batched p
 passes, and a lone query waits at most `max_wait_ms`.
 
 Repeated queries skip the encoder through an LRU of embeddings keyed by the query text (the encoder is
-fixed for the process, so text alone identifies the vector).
+fixed for the process, so text alone identifies the vector). A repeat of the same text and depth against the
+same engine skips the queue altogether: its neighbours are cached with the vector and answered on the event loop.
+
+Admission control (`admission.py`) bounds the queue: a query predicted to start later than the queue deadline,
+or finding the queue full, is refused at once with `Overloaded` (the route answers 503 + Retry-After). A query
+whose client disconnected while it waited is dropped before the worker spends anything on it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +31,7 @@ import numpy as np
 from clipsearch.engine import QueryVector, SearchEngine
 from clipsearch.rerank.lru import LruCache
 from clipsearch.types import Candidate
+from services.search.admission import AdmissionControl, Overloaded, Shed
 
 log = logging.getLogger("services.search.batching")
 
@@ -48,33 +55,136 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Retrieved]
     submitted: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # set by the event loop when the client went away; read by the worker
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its query waited; nothing was computed for it."""
 
 
 class QueryBatcher:
-    """One worker thread that encodes and searches waiting queries together."""
+    """One worker thread that encodes and searches waiting queries together, behind admission control."""
 
-    def __init__(self, max_batch: int = 32, max_wait_ms: float = 2.0, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        cache_size: int = 4096,
+        queue_deadline_ms: float = 50.0,
+        max_queue: int = 256,
+        on_shed: Callable[[str], None] | None = None,
+        on_abandoned: Callable[[], None] | None = None,
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.cache: LruCache[str, QueryVector] = LruCache(cache_size)
+        # (engine id, text, depth) -> (engine, vector, neighbours): a repeat skips the queue entirely
+        self.results: LruCache[tuple[int, str, int], tuple[SearchEngine, QueryVector, list[Candidate]]] = LruCache(
+            cache_size
+        )
+        self.admission = AdmissionControl(queue_deadline_ms / 1000.0, max_queue, cold_queue=max_batch)
+        self._on_shed = on_shed or (lambda reason: None)
+        self._on_abandoned = on_abandoned or (lambda: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)
         self._thread.start()
 
-    async def retrieve(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved:
+    @property
+    def depth(self) -> int:
+        """Queries waiting for the worker (not counting the batch in progress)."""
+        return self._queue.qsize()
+
+    def predicted_wait_s(self) -> float:
+        return self.admission.predicted_wait_s(self.depth)
+
+    def cached(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved | None:
+        """The answer for a repeated (text, depth) on this engine, without queueing; None when not cached."""
+        hit = self.results.get((id(engine), text, candidates))
+        if hit is None or hit[0] is not engine:
+            return None
+        return Retrieved(
+            encoded=hit[1],
+            pool=hit[2],
+            timings_ms={"queue": 0.0, "encode": 0.0, "search": 0.0},
+            cached=True,
+            batch_size=0,
+        )
+
+    def submit(self, engine: SearchEngine, text: str, candidates: int) -> _Job:
+        """Queue a query, or raise `Overloaded` at once when it could not start within the queue deadline."""
+        shed = self.admission.check(self.depth)
+        if shed is not None:
+            self._on_shed(shed.reason)
+            raise Overloaded(shed)
         loop = asyncio.get_running_loop()
         job = _Job(engine=engine, text=text, candidates=candidates, loop=loop, future=loop.create_future())
         self._queue.put(job)
-        return await job.future
+        return job
+
+    async def retrieve(
+        self,
+        engine: SearchEngine,
+        text: str,
+        candidates: int,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> Retrieved:
+        """Encode + search `text` in the next batch. `disconnected`, when given, resolves once the client has
+        gone: the query is then dropped (never started) and `ClientDisconnected` raised."""
+        hit = self.cached(engine, text, candidates)
+        if hit is not None:
+            return hit
+        job = self.submit(engine, text, candidates)
+        if disconnected is None:
+            try:
+                return await job.future
+            except asyncio.CancelledError:
+                job.abandoned = True
+                raise
+        watcher: asyncio.Future[object] = asyncio.ensure_future(disconnected())
+        mine: asyncio.Future[object] = job.future  # type: ignore[assignment]
+        try:
+            done, _ = await asyncio.wait({mine, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if job.future in done:
+                return job.future.result()
+            if watcher.exception() is not None:  # the disconnect watch itself failed: just wait for the answer
+                log.warning("disconnect watch failed", extra={"reason": repr(watcher.exception())})
+                return await job.future
+            job.abandoned = True
+            raise ClientDisconnected("the client disconnected before its query started")
+        except asyncio.CancelledError:
+            job.abandoned = True
+            raise
+        finally:
+            watcher.cancel()
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
 
     # -- worker ---------------------------------------------------------------------------------------
+    def _live(self, job: _Job, now: float) -> bool:
+        """False for a job not worth starting: its client left, or it waited far past the deadline."""
+        if job.abandoned or job.future.cancelled():
+            self._on_abandoned()
+            return False
+        if self.admission.expired(job.submitted, now):
+            waited_ms = (now - job.submitted) * 1000.0
+            shed = Shed(
+                "expired",
+                f"overloaded: this query waited {waited_ms:.0f} ms without starting (queue deadline "
+                f"{self.admission.deadline_s * 1000.0:.0f} ms); retry shortly",
+                1,
+                round(waited_ms, 3),
+            )
+            self._on_shed(shed.reason)
+            job.loop.call_soon_threadsafe(_set_exception, job.future, Overloaded(shed))
+            return False
+        return True
+
     def _collect(self, first: _Job) -> list[_Job]:
-        jobs = [first]
-        deadline = time.perf_counter() + self.max_wait_s
+        now = time.perf_counter()
+        jobs = [first] if self._live(first, now) else []
+        deadline = now + self.max_wait_s
         while len(jobs) < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
@@ -84,7 +194,8 @@ class QueryBatcher:
             if job is None:
                 self._queue.put(None)  # keep the stop signal for the loop
                 break
-            jobs.append(job)
+            if self._live(job, time.perf_counter()):
+                jobs.append(job)
         return jobs
 
     def _run(self) -> None:
@@ -93,6 +204,10 @@ class QueryBatcher:
             if first is None:
                 return
             jobs = self._collect(first)
+            if not jobs:
+                continue
+            self.admission.batch_started(len(jobs))
+            started = time.perf_counter()
             by_engine: dict[int, list[_Job]] = {}
             for job in jobs:  # a swap may land between two jobs: each batch uses one engine
                 by_engine.setdefault(id(job.engine), []).append(job)
@@ -103,6 +218,7 @@ class QueryBatcher:
                     log.exception("query batch failed")
                     for job in group:
                         job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+            self.admission.batch_done(len(jobs), time.perf_counter() - started)
 
     def _process(self, jobs: list[_Job]) -> None:
         engine = jobs[0].engine
@@ -130,9 +246,11 @@ class QueryBatcher:
         encode_ms = (encoded_at - started) * 1000.0
         search_ms = (searched_at - encoded_at) * 1000.0
         for job, pool in zip(jobs, pools, strict=True):
+            mine = pool[: job.candidates]
+            self.results.put((id(engine), job.text, job.candidates), (engine, encoded[job.text], mine))
             result = Retrieved(
                 encoded=encoded[job.text],
-                pool=pool[: job.candidates],
+                pool=mine,
                 timings_ms={
                     "queue": (started - job.submitted) * 1000.0,
                     "encode": 0.0 if job.text in cached else encode_ms,

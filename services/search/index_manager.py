@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch.encoder import ClipEncoder
 from clipsearch.engine import SearchEngine
 from clipsearch.errors import ArtifactError, ClipsearchError, RegistryError
-from clipsearch.index.artifact import load_artifact
 from clipsearch.registry import RegisteredVersion, download_index, resolve_alias
 from clipsearch.rerank.base import Reranker
 from clipsearch.settings import Settings
+from services.search.encoders import QueryEncoders
 
 log = logging.getLogger("services.search.index")
 
@@ -48,12 +47,12 @@ class ServingIndex:
 
 
 class IndexManager:
-    """Owns the encoder (loaded once) and the currently served index; follows the registry alias."""
+    """Owns the currently served index and its encoder (see `encoders.py`); follows the registry alias."""
 
     def __init__(
         self,
         settings: Settings,
-        encoder: ClipEncoder,
+        encoder: QueryEncoders,
         reranker: Reranker,
         on_swap: list[Callable[[ServingIndex, bool], None]] | None = None,
     ) -> None:
@@ -70,9 +69,9 @@ class IndexManager:
 
     # -- loading ----------------------------------------------------------------------------------------
     def _load_verified(self, index_dir: Path, registry_version: str | None) -> ServingIndex:
-        """Verify an artifact against the loaded encoder and warm the engine; raises on any mismatch."""
-        artifact = load_artifact(index_dir, expected_model=self.encoder.identity)
-        engine = SearchEngine(self.encoder, artifact, self.reranker)
+        """Verify an artifact against its encoder and warm the engine; raises on any mismatch."""
+        encoder, artifact = self.encoder.load(index_dir)
+        engine = SearchEngine(encoder, artifact, self.reranker)
         engine.search("warm-up", k=1, candidates=1, rerank=False)
         return ServingIndex(engine=engine, registry_version=registry_version, path=index_dir, loaded_at=time.time())
 

@@ -81,6 +81,14 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+class OverloadedResponse(ErrorResponse):
+    """503 from admission control: why, and how long to wait (also in the Retry-After header)."""
+
+    reason: str = Field(description="queue_full, deadline or expired")
+    retry_after_s: int
+    predicted_wait_ms: float | None = None
+
+
 class DriftResponse(BaseModel):
     available: bool
     reason: str | None = None

@@ -15,6 +15,7 @@ from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
+from services.search.batching import ClientDisconnected
 from services.search.index_manager import ServingIndex
 from services.search.schemas import (
     ErrorResponse,
@@ -67,7 +68,12 @@ async def _run_search(
     text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
     engine = serving.engine
     start = time.perf_counter()
-    got = await svc.batcher.retrieve(engine, text, max(body.k, body.candidates))
+    try:
+        got = await svc.batcher.retrieve(
+            engine, text, max(body.k, body.candidates), disconnected=partial(until_disconnected, request)
+        )
+    except ClientDisconnected:
+        raise HTTPException(499, detail="client closed the request before its query started") from None
     encoded = got.encoded
     use_rerank = body.rerank != "off" and svc.rerank_available
     rank = partial(
@@ -114,6 +120,14 @@ async def _run_search(
         stale=svc.index.stale,
         request_id=request.state.request_id,
     )
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the request body, if any, was already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 @lru_cache(maxsize=4096)

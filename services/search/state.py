@@ -11,13 +11,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from clipsearch.drift import DriftResult
-from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import GeminiReranker, build_reranker
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
+from services.search.encoders import QueryEncoders
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.telemetry import Metrics
 
@@ -30,7 +30,7 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.encoder = ClipEncoder.from_settings(settings.model)
+        self.encoders = QueryEncoders(settings)
         images_dir = settings.service.images_dir
         reranker, self._reranker_status = build_reranker(settings.rerank, images_dir)
         self.reranker = reranker
@@ -40,13 +40,19 @@ class ServiceState:
         self.drift = DriftMonitor(
             window=settings.service.drift_window, min_queries=settings.service.drift_min_queries, html=False
         )
-        self.index = IndexManager(settings, self.encoder, reranker, on_swap=[self._on_swap])
+        self.index = IndexManager(settings, self.encoders, reranker, on_swap=[self._on_swap])
         self.encoder_ready = False
         self.batcher = QueryBatcher(
             max_batch=settings.service.batch_max_size,
             max_wait_ms=settings.service.batch_max_wait_ms,
             cache_size=settings.service.embedding_cache_size,
+            queue_deadline_ms=settings.service.queue_deadline_ms,
+            max_queue=settings.service.max_queue,
+            on_shed=lambda reason: metrics.shed.labels(reason=reason).inc(),
+            on_abandoned=metrics.abandoned.inc,
         )
+        metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        metrics.queue_predicted_wait.set_function(self.batcher.predicted_wait_s)
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
 
@@ -83,8 +89,7 @@ class ServiceState:
         """Start-up, and its retries: the encoder first (once it works), then the champion or the cache."""
         if not self.encoder_ready:
             try:
-                self.encoder.load()
-                self.encoder.warmup()
+                self.encoders.warm_start()  # the torch model when it will serve; nothing in artifact-first mode
                 self.encoder_ready = True
             except Exception as exc:
                 self.index.not_ready_reason = f"the CLIP encoder could not be loaded: {exc}"

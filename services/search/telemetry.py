@@ -37,6 +37,8 @@ RERANK_OUTCOMES = (
     "error",
 )
 
+SHED_REASONS = ("queue_full", "deadline", "expired")
+
 
 class Metrics:
     """All service metrics on one registry (a fresh registry per app keeps tests independent)."""
@@ -103,6 +105,28 @@ class Metrics:
             buckets=(0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0),
             registry=r,
         )
+        self.shed = Counter(
+            "clipsearch_shed_requests",
+            "Queries refused by admission control (503 + Retry-After), by reason: queue_full, deadline (predicted "
+            "to start past service.queue_deadline_ms), expired (waited past twice the deadline).",
+            ["reason"],
+            registry=r,
+        )
+        self.abandoned = Counter(
+            "clipsearch_abandoned_requests",
+            "Queries dropped before they started because their client disconnected.",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "clipsearch_queue_depth", "Queries waiting for the encoder/search worker (the HPA's signal).", registry=r
+        )
+        self.queue_predicted_wait = Gauge(
+            "clipsearch_queue_predicted_wait_seconds",
+            "Predicted wait before a query arriving now would start (admission control's estimate).",
+            registry=r,
+        )
+        for reason in SHED_REASONS:
+            self.shed.labels(reason=reason)
         for outcome in RERANK_OUTCOMES:
             self.rerank_outcomes.labels(outcome=outcome)
         for kind in ("prompt", "output", "thoughts"):

@@ -99,10 +99,10 @@ def test_version_is_a_content_hash(tmp_path: Path) -> None:
     assert a.version == b.version != c.version
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "hnsw_sq"])
 def test_round_trip_faiss_kinds(tmp_path: Path, kind: str) -> None:
     x, ids, meta = make_inputs(n=400)
-    settings = IndexSettings(kind=kind, dtype="float32", ivf_nlist=4, ivf_nprobe=4, hnsw_m=8)
+    settings = IndexSettings(kind=kind, dtype="float32", ivf_nlist=4, ivf_nprobe=4, hnsw_m=8, hnsw_pca_dim=16)
     manifest = write_artifact(tmp_path / "idx", x, ids, meta, MODEL, settings, "v1")
     assert "faiss.index" in manifest.files
     assert manifest.index.kind == kind

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from clipsearch.engine import load_engine
-from services.search.batching import QueryBatcher
+from services.search.admission import Overloaded
+from services.search.batching import ClientDisconnected, QueryBatcher
 from tests.unit.test_engine import WORDS, _artifact
 
 
@@ -71,3 +73,116 @@ def test_a_failing_batch_fails_its_requests_not_the_worker(engine, monkeypatch) 
         assert len(asyncio.run(run()).pool) == 2
     finally:
         batcher.close()
+
+
+class _Gate:
+    """Holds the worker inside a batch until released, so a test can arrange the queue behind it."""
+
+    def __init__(self, engine, monkeypatch) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.encoded: list[str] = []
+        real = engine.encode_queries
+
+        def encode(queries):
+            self.encoded.extend(queries)
+            self.entered.set()
+            assert self.release.wait(30), "test never released the worker"
+            return real(queries)
+
+        monkeypatch.setattr(engine, "encode_queries", encode)
+
+
+def test_a_query_whose_client_left_is_dropped_before_it_starts(engine, monkeypatch) -> None:
+    gate = _Gate(engine, monkeypatch)
+    abandoned: list[int] = []
+    batcher = QueryBatcher(max_batch=1, max_wait_ms=0.0, cache_size=0, on_abandoned=lambda: abandoned.append(1))
+    batcher.admission.batch_done(size=1, seconds=0.0)  # measured as free: only the queue limit applies
+
+    async def run():
+        first = asyncio.ensure_future(batcher.retrieve(engine, "forest", 2))
+        await asyncio.to_thread(gate.entered.wait, 30)
+        gone = asyncio.Event()
+        second = asyncio.ensure_future(batcher.retrieve(engine, "beach", 2, disconnected=gone.wait))
+        await asyncio.sleep(0)  # let it queue
+        gone.set()
+        with pytest.raises(ClientDisconnected):
+            await second
+        gate.release.set()
+        await first
+        return await batcher.retrieve(engine, "mountain", 2)  # the worker moved past the dropped job
+
+    try:
+        assert len(asyncio.run(run()).pool) == 2
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert "beach" not in gate.encoded and gate.encoded[0] == "forest"
+    assert abandoned == [1]
+
+
+def test_a_full_queue_sheds_at_once_with_a_reason(engine, monkeypatch) -> None:
+    gate = _Gate(engine, monkeypatch)
+    shed: list[str] = []
+    batcher = QueryBatcher(max_batch=1, max_wait_ms=0.0, cache_size=0, max_queue=2, on_shed=shed.append)
+    batcher.admission.batch_done(size=1, seconds=0.0)  # measured as free: only the queue limit applies
+
+    async def run():
+        first = asyncio.ensure_future(batcher.retrieve(engine, "forest", 2))
+        await asyncio.to_thread(gate.entered.wait, 30)
+        waiting = [asyncio.ensure_future(batcher.retrieve(engine, w, 2)) for w in ("beach", "city")]
+        await asyncio.sleep(0)
+        assert batcher.depth == 2
+        with pytest.raises(Overloaded) as info:
+            await batcher.retrieve(engine, "river", 2)
+        gate.release.set()
+        await asyncio.gather(first, *waiting)
+        return info.value.shed
+
+    try:
+        refused = asyncio.run(run())
+    finally:
+        gate.release.set()
+        batcher.close()
+    assert refused.reason == "queue_full" and refused.retry_after_s >= 1
+    assert shed == ["queue_full"]
+    assert "river" not in gate.encoded
+
+
+def test_a_predicted_late_start_sheds(engine) -> None:
+    shed: list[str] = []
+    batcher = QueryBatcher(max_batch=4, max_wait_ms=0.0, cache_size=0, queue_deadline_ms=50.0, on_shed=shed.append)
+    batcher.admission.batch_done(size=1, seconds=10.0)  # as if each query cost 10 s
+    batcher.admission.batch_started(size=1)
+
+    async def run():
+        with pytest.raises(Overloaded) as info:
+            await batcher.retrieve(engine, "forest", 2)
+        return info.value.shed
+
+    try:
+        refused = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert refused.reason == "deadline" and refused.retry_after_s >= 10
+    assert shed == ["deadline"]
+
+
+def test_a_repeated_query_skips_the_queue_even_when_shedding(engine) -> None:
+    batcher = QueryBatcher(max_batch=4, max_wait_ms=0.0, cache_size=8)
+
+    async def run():
+        first = await batcher.retrieve(engine, "night city", 3)
+        batcher.admission.batch_done(size=1, seconds=10.0)
+        batcher.admission.batch_started(size=1)  # the queue now sheds every new query...
+        again = await batcher.retrieve(engine, "night city", 3)  # ...but not a repeat
+        with pytest.raises(Overloaded):
+            await batcher.retrieve(engine, "night city", 4)  # another depth is a new search
+        return first, again
+
+    try:
+        first, again = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert again.cached and again.batch_size == 0 and again.timings_ms["queue"] == 0.0
+    assert [c.photo_id for c in again.pool] == [c.photo_id for c in first.pool]

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from clipsearch.errors import ConfigError
-from clipsearch.index.search import ExactIndex, FaissHnswIndex, FaissIvfIndex, build_index, clamp_nlist, load_index
+from clipsearch.index.search import (
+    ExactIndex,
+    FaissHnswIndex,
+    FaissHnswSqIndex,
+    FaissIvfIndex,
+    build_index,
+    clamp_nlist,
+    exact_refine,
+    load_index,
+)
 from clipsearch.settings import IndexSettings
 
 
@@ -148,3 +157,39 @@ def test_build_index_dispatches_on_kind(corpus: np.ndarray) -> None:
 def test_clamp_nlist_small_corpus() -> None:
     assert clamp_nlist(1024, 10) == 1
     assert clamp_nlist(8, 10_000) == 8
+
+
+def test_hnsw_sq_refine_restores_exact_scores_and_recall(corpus: np.ndarray, queries: np.ndarray) -> None:
+    exact_scores, exact_rows = ExactIndex(corpus).search(queries, 10)
+    index = build_index(
+        corpus, IndexSettings(kind="hnsw_sq", hnsw_m=16, hnsw_ef_construction=80, hnsw_ef_search=128, hnsw_pca_dim=48)
+    )
+    assert isinstance(index, FaissHnswSqIndex) and index.params["pca_dim"] == 48 and index.params["refine"] == 4
+    scores, rows = index.search(queries, 10)
+    assert recall_at(10, rows, exact_rows) >= 0.95
+    found = rows == exact_rows
+    np.testing.assert_allclose(scores[found], exact_scores[found], atol=1e-5)  # exact, not 8-bit, scores
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    unrefined = FaissHnswSqIndex(index._index, {**index.params, "refine": 0})
+    assert recall_at(10, unrefined.search(queries, 10)[1], exact_rows) < recall_at(10, rows, exact_rows)
+
+
+def test_hnsw_sq_round_trips_with_the_artifact_vectors(corpus: np.ndarray, queries: np.ndarray) -> None:
+    x = corpus[:1000]
+    index = FaissHnswSqIndex.build(x, m=8, ef_construction=40, ef_search=32, refine=4, pca_dim=0)
+    again = load_index("hnsw_sq", {**index.params, "ef_search": 48}, x.astype(np.float16), index.to_bytes())
+    assert again.kind == "hnsw_sq" and len(again) == 1000
+    assert again.hnsw.efSearch == 48  # type: ignore[attr-defined]
+    assert again.search(x[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
+
+
+def test_exact_refine_drops_unfilled_slots() -> None:
+    vectors = normalised(np.eye(4, 8, dtype=np.float32) + 0.01)
+    rows = np.array([[2, -1, 0, -1]])
+    scores, top = exact_refine(vectors, vectors[2:3], rows, 3)
+    assert top.tolist() == [[2, 0, -1]] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hnsw_sq_rejects_a_pca_dim_above_the_dimension() -> None:
+    with pytest.raises(ConfigError, match="hnsw_pca_dim"):
+        FaissHnswSqIndex.build(structured(100, 16), m=8, ef_construction=16, ef_search=16, refine=0, pca_dim=32)
