@@ -23,7 +23,9 @@ def _manager(tmp_path: Path, swaps: list[tuple[str, bool]]) -> im.IndexManager:
         settings, encoder=None, reranker=None, on_swap=[lambda s, stale: swaps.append((s.registry_version, stale))]
     )  # type: ignore[arg-type]
     engine: Any = SimpleNamespace(index_version="idx-1", artifact=[])
-    manager.current = im.ServingIndex(engine=engine, registry_version="1", path=tmp_path / "cache" / "indexes" / "v1" / "index", loaded_at=0.0)
+    manager.current = im.ServingIndex(
+        engine=engine, registry_version="1", path=tmp_path / "cache" / "indexes" / "v1" / "index", loaded_at=0.0
+    )
     return manager
 
 
