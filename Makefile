@@ -21,7 +21,7 @@ export CLIPSEARCH_TOOLS_BIN := $(abspath $(TOOLS))/bin
 export CLIPSEARCH_NETPOL_BIN := $(abspath $(NETPOL))/bin
 unexport PYTHONHOME
 
-.PHONY: setup tools system-deps lint test test-unit test-infra test-e2e run fixture-run bench clean
+.PHONY: setup tools system-deps lint test test-unit test-infra test-e2e run fixture-run bench bench-soak sbom audit clean
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -78,6 +78,20 @@ test-e2e: setup system-deps
 
 test: lint test-unit test-infra test-e2e
 
+# Supply chain, CI's own job (not part of `make test`: the audit needs PyPI's and OSV's vulnerability APIs).
+# sbom: a CycloneDX 1.6 JSON SBOM of the installed environment (.venv: every package the service imports).
+# audit: pip-audit over every pin in constraints.txt (no resolution), then tools/audit_policy.py: each finding is
+# reported with its OSV severity; the target fails on a critical one that has a fixed version.
+sbom: setup
+	mkdir -p reports
+	cyclonedx-py environment --output-format JSON --output-reproducible --output-file reports/sbom.cdx.json $(BIN)/python
+audit: setup
+	mkdir -p reports
+	rm -f reports/pip-audit.json
+	pip-audit --requirement constraints.txt --no-deps --disable-pip --progress-spinner off \
+	  --format json --output reports/pip-audit.json || [ -s reports/pip-audit.json ]
+	python -m tools.audit_policy reports/pip-audit.json --summary reports/audit-summary.json
+
 # The main job: the DVC pipeline (download -> embed -> build_index -> evaluate -> register), then a search.
 # Offline, the preflight stops with one paragraph and exit code 2 before DVC starts.
 # LIMIT goes through DVC (`exp run --set-param` writes it to params.yaml), so DVC knows the stage inputs changed.
@@ -101,6 +115,10 @@ bench: setup
 	python -m benchmarks.bench_rerank
 	python -m benchmarks.bench_embed
 	python -m benchmarks.report
+
+# Soak: 10 minutes at half the measured capacity; memory growth, open fds and p99 per minute (README figures).
+bench-soak: setup
+	python -m benchmarks.bench_soak --minutes 10
 
 clean:
 	rm -rf data reports metrics.json mlflow.db mlruns mlartifacts

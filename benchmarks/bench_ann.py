@@ -46,7 +46,13 @@ def bench_hnsw_sq(
 ) -> list[dict[str, Any]]:
     faiss.omp_set_num_threads(2)
     t = time.perf_counter()
-    params = {"m": m, "ef_construction": ef_construction, "ef_search": efs[0], "refine": 0, "pca_dim": pca}
+    params: dict[str, int | float | str] = {
+        "m": m,
+        "ef_construction": ef_construction,
+        "ef_search": efs[0],
+        "refine": 0,
+        "pca_dim": pca,
+    }
     if cache is not None and cache.exists():
         index = FaissHnswSqIndex(faiss.read_index(str(cache)), params)
         build_s = float(json.loads(cache.with_suffix(".json").read_text())["build_s"])

@@ -305,6 +305,19 @@ class RerankSettings(Section):
         3.0, gt=0, le=30, description="Time allowed for the start-up models lookup of each configured model."
     )
     quota_requests_per_minute: int = Field(4000, ge=1, description="The project's Gemini RPM quota (alerting).")
+    spend_requests_per_minute: int = Field(
+        600,
+        ge=1,
+        description="Spend guard: Gemini calls (retries included) this process may make per minute; past it a "
+        "search is served in CLIP order with fallback reason `budget`. Per replica: keep replicas x this under "
+        "the project quota.",
+    )
+    spend_usd_per_day: float = Field(
+        20.0,
+        gt=0,
+        description="Spend guard: USD this process may spend per UTC day, priced from the counted tokens of each "
+        "answer (rerank.models prices); once reached, re-ranking falls back with reason `budget` until midnight UTC.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -362,6 +375,60 @@ class ServiceSettings(Section):
         "ONNX query encoder, without importing torch, when the artifact carries one; model: always load the torch "
         "model from model.pretrained.",
     )
+    rate_limit_enabled: bool = Field(True, description="Per-client rate limits on /search (429 + Retry-After).")
+    rate_limit_search: str = Field(
+        "120/minute", description="Searches one client may make (`limits` notation: '120/minute', '10/second')."
+    )
+    rate_limit_rerank: str = Field(
+        "20/minute", description="Re-ranked searches (paid Gemini calls) one client may make; lower than the above."
+    )
+    rate_limit_storage_uri: str = Field(
+        "memory://", description="Where the counters live (`limits` storage URI); memory:// counts per replica."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of the proxies in front of the service. Only when the socket peer "
+        "is one of them is X-Forwarded-For read (right to left, skipping trusted hops); otherwise the client "
+        "is the peer. Empty: X-Forwarded-For is never read.",
+    )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        le=120,
+        description="After SIGTERM: /readyz answers 503 at once, requests are still served for this long (endpoints "
+        "catch up), then the server stops accepting and finishes in-flight requests.",
+    )
+    max_body_bytes: int = Field(
+        16384, ge=256, le=10_000_000, description="Request bodies larger than this are refused (413) before parsing."
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS). Empty (the default): no CORS headers, "
+        "so browsers refuse cross-origin reads.",
+    )
+
+    @field_validator("rate_limit_search", "rate_limit_rerank")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit like '120/minute' ({exc})") from None
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
 
 
 class _PrefixedEnvSource(EnvSettingsSource):

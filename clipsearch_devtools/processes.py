@@ -80,11 +80,19 @@ def running(
 
 
 @contextmanager
-def mlflow_server(workdir: Path) -> Iterator[str]:
+def mlflow_server(workdir: Path, port: int | None = None) -> Iterator[str]:
     """A real `mlflow server` with a sqlite backend and served artifacts, one worker, on 127.0.0.1."""
+    port = port or free_port()
+    cmd = mlflow_server_cmd(workdir, port)
+    url = f"http://127.0.0.1:{port}"
+    with running(cmd, f"{url}/health", workdir / "mlflow-server.log", timeout_s=120.0):
+        yield url
+
+
+def mlflow_server_cmd(workdir: Path, port: int) -> list[str]:
+    """The `mlflow server` command line of `mlflow_server` (tests that kill and restart it run it themselves)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [
+    return [
         str(BIN / "mlflow"),
         "server",
         "--backend-store-uri",
@@ -99,6 +107,3 @@ def mlflow_server(workdir: Path) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    url = f"http://127.0.0.1:{port}"
-    with running(cmd, f"{url}/health", workdir / "mlflow-server.log", timeout_s=120.0):
-        yield url

@@ -6,7 +6,7 @@ only thing a model (or text smuggled into a query) can change is the order of th
 
 Everything that can go wrong with a remote model is an expected outcome, not an exception: the re-ranker
 falls back to CLIP order and says why (`timeout`, `quota`, `overloaded`, `blocked`, `invalid_output`,
-`breaker_open`, `model_unavailable`, `error`), so a search never fails or stalls because Gemini did. The budget
+`breaker_open`, `model_unavailable`, `budget`, `error`), so a search never fails or stalls because Gemini did. The budget
 covers the whole call, retries included: each attempt runs on a bounded worker pool and is waited for only
 until the deadline, because an HTTP read timeout alone does not bound a slow server that trickles bytes.
 
@@ -44,6 +44,7 @@ from google.genai import types as genai_types
 from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
 from clipsearch.rerank.breaker import BreakerState, CircuitBreaker
 from clipsearch.rerank.lru import LruCache
+from clipsearch.rerank.spend import BUDGET, SpendGuard
 from clipsearch.rerank.thumbnails import ThumbnailProvider
 from clipsearch.settings import GeminiModelProfile, RerankSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
@@ -79,6 +80,7 @@ INVALID_OUTPUT = "invalid_output"
 BREAKER_OPEN = "breaker_open"
 MODEL_UNAVAILABLE = "model_unavailable"
 ERROR = "error"
+# BUDGET ("budget", from clipsearch.rerank.spend): the spend guard's calls per minute or dollars per day are used up.
 # Failures that say the endpoint is unhealthy; they count towards opening the circuit breaker. A blocked or
 # malformed answer means Gemini is up (and the next query may well be fine), so it does not.
 BREAKER_FAILURES = frozenset({TIMEOUT, QUOTA, OVERLOADED, ERROR})
@@ -350,6 +352,7 @@ class GeminiReranker:
             ),
         )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s, clock=clock)
+        self.spend = SpendGuard(settings.spend_requests_per_minute, settings.spend_usd_per_day)
         self.models: dict[str, ModelState] = {
             m: ModelState(CircuitBreaker(1, settings.model_unavailable_hold_s, clock=clock))
             for m in settings.model_chain
@@ -471,6 +474,9 @@ class GeminiReranker:
         models = [m for m, s in self.models.items() if s.breaker.state is not BreakerState.OPEN]
         if not models:  # every configured model is held off after a 404: answer at once
             return self._fallback(candidates, k, self._unavailable_failure(), _Usage())
+        over_budget = self.spend.check()
+        if over_budget is not None:  # before any thumbnail work: the guard says no call may go out
+            return self._fallback(candidates, k, _Failure(BUDGET, over_budget), _Usage())
         if not self.breaker.allow():
             return self._fallback(
                 candidates,
@@ -484,7 +490,7 @@ class GeminiReranker:
         except _Failure as failure:
             if failure.reason in BREAKER_FAILURES:
                 self.breaker.record_failure()
-            else:
+            elif failure.reason != BUDGET:  # the guard said no: Gemini's health is unknown
                 self.breaker.record_success()
             return self._fallback(candidates, k, failure, usage)
         except Exception as exc:  # a bug or an SDK surprise must not fail the search
@@ -540,6 +546,9 @@ class GeminiReranker:
             remaining = deadline - self._clock()
             if remaining < MIN_ATTEMPT_S:
                 break
+            over_budget = self.spend.acquire()  # every HTTP call takes a slot, retries included
+            if over_budget is not None:
+                raise _Failure(BUDGET, over_budget if last is None else f"{over_budget} (after: {last.detail})")
             usage.attempts += 1
             try:
                 response = self._attempt(model, contents, generation_config(profile, schema, remaining), remaining)
@@ -552,7 +561,9 @@ class GeminiReranker:
                     raise _Failure(failure.reason, f"{failure.detail}; no budget left to retry") from None
                 self._sleep(backoff)
                 continue
+            spent_before = usage.cost_usd
             usage.add_response(response.usage_metadata, profile)
+            self.spend.record(usage.cost_usd - spent_before)
             return response
         if last is not None:
             raise _Failure(last.reason, f"{last.detail}; no budget left to retry")

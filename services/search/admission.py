@@ -39,7 +39,7 @@ class Shed:
     predicted_wait_ms: float | None = None
 
 
-class Overloaded(Exception):
+class Overloaded(Exception):  # noqa: N818
     """Raised to a request that the admission control sheds (the route turns it into a 503)."""
 
     def __init__(self, shed: Shed) -> None:

@@ -6,7 +6,11 @@ Start-up (lifespan) loads the encoder, then pulls and verifies the champion inde
 
 This module wires the app (lifespan, request-id/metrics middleware, error handlers); the parts live beside it:
 `state.py` (what routes depend on), `search_routes.py`, `ops_routes.py`, `ui.py`, `index_manager.py`,
-`batching.py`, `telemetry.py`, `drift.py`.
+`batching.py`, `telemetry.py`, `drift.py`, `ratelimit.py` (per-client limits), `surface.py` (security headers,
+body cap), `drain.py` (SIGTERM drain).
+
+Every status an endpoint can answer is in the OpenAPI document with its error model (`ErrorResponse`); an e2e
+test fuzzes the live service against that document with schemathesis (tests/e2e/test_contract.py).
 """
 
 from __future__ import annotations
@@ -20,20 +24,51 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp
 
 from clipsearch.settings import Settings, get_settings
 from services.search import ops_routes, search_routes
 from services.search.admission import Overloaded
+from services.search.drain import install_sigterm_drain
 from services.search.schemas import ErrorResponse, OverloadedResponse
 from services.search.state import ServiceState
+from services.search.surface import SurfaceMiddleware
 from services.search.telemetry import Metrics, configure_json_logging, request_id_var
 
 log = logging.getLogger("services.search")
+
+
+class SearchApp(FastAPI):
+    """FastAPI with `SurfaceMiddleware` outside everything, the server-error handler included, so that every
+    response (a 500 too) carries the security headers and no oversized body reaches any other layer."""
+
+    surface_options: dict[str, object]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        metrics: Metrics = self.state.metrics
+        return SurfaceMiddleware(
+            inner,
+            max_body_bytes=int(getattr(self.state, "max_body_bytes", 16384)),
+            draining=lambda: bool(getattr(getattr(self.state, "service", None), "draining", False)),
+            on_refused=_count_refusal(metrics),
+        )
+
+
+def _count_refusal(metrics: Metrics) -> Callable[[int], None]:
+    def refused(status: int) -> None:
+        metrics.requests.labels(route="unmatched", status=str(status)).inc()
+        log.info("request", extra={"route": "unmatched", "status": status, "reason": "body too large"})
+
+    return refused
 
 
 def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> FastAPI:
@@ -61,31 +96,67 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
             },
         )
         startup = asyncio.create_task(svc.start())
+        restore_sigterm = install_sigterm_drain(svc, settings.service.drain_s)
         try:
             yield
         finally:
+            if restore_sigterm is not None:
+                restore_sigterm()
             startup.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await startup
             await svc.stop()
 
-    app = FastAPI(
+    app = SearchApp(
         title="clipsearch",
         version="0.1.0",
         description="Semantic image search over Unsplash Lite: CLIP retrieval with optional Gemini re-ranking.",
         lifespan=lifespan,
-        responses={422: {"model": ErrorResponse}, 503: {"model": OverloadedResponse}},
+        responses={
+            413: {"model": ErrorResponse, "description": "The request body is larger than service.max_body_bytes."},
+            422: {"model": ErrorResponse, "description": "A parameter or the body is invalid; `detail` says which."},
+            503: {
+                "model": ErrorResponse,
+                "description": "Not ready (no verified index or encoder yet), or overloaded: shed by admission control with "
+                "Retry-After, `reason` and `retry_after_s`.",
+            },
+        },
     )
     app.state.metrics = metrics
+    app.state.max_body_bytes = settings.service.max_body_bytes
     _install_middleware(app, metrics)
+    if settings.service.cors_allow_origins:  # closed by default: no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.service.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
     _install_error_handlers(app)
     app.include_router(search_routes.router)
     app.include_router(ops_routes.router)
+    _document_settings_bounds(app, settings)
     if settings.service.ui_enabled:
         from services.search.ui import mount_ui
 
         mount_ui(app)
     return app
+
+
+def _document_settings_bounds(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document states the bounds this service's settings enforce (query length, k, candidates)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            search_routes.document_limits(generate(), settings.service)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _route_name(request: Request) -> str:
@@ -151,12 +222,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         response = _error(request, exc.status_code, str(exc.detail))
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; GET and POST /search are two routes.
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001 - handler signature
         log.exception("unhandled error")
         return _error(request, 500, "internal error; the request id in this response identifies it in the logs")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers (for a 405's `Allow` header)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def __getattr__(name: str) -> FastAPI:

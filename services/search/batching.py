@@ -58,7 +58,7 @@ class _Job:
     abandoned: bool = False  # set by the event loop when the client went away; read by the worker
 
 
-class ClientDisconnected(Exception):
+class ClientDisconnected(Exception):  # noqa: N818
     """The client went away while its query waited; nothing was computed for it."""
 
 
@@ -83,7 +83,7 @@ class QueryBatcher:
             cache_size
         )
         self.admission = AdmissionControl(queue_deadline_ms / 1000.0, max_queue, cold_queue=max_batch)
-        self._on_shed = on_shed or (lambda reason: None)
+        self._on_shed = on_shed or (lambda reason: None)  # noqa: ARG005
         self._on_abandoned = on_abandoned or (lambda: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)

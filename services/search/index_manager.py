@@ -5,7 +5,10 @@ attribute assignment) can never make a request mix two versions, and a version i
 its checksums, manifest and model identity have been verified and the engine has answered a warm-up query.
 
 When the registry is unreachable at start, the last verified version in the local cache is served and
-flagged `stale`; with no cache the service stays not-ready and says why.
+flagged `stale`; with no cache the service stays not-ready and says why. When it becomes unreachable while
+serving, the current version goes on serving, flagged `stale` with the reason, until the registry answers again.
+A version that cannot be pulled (download cut, cache not writable, verification failed) is refused with the
+reason; the current version keeps serving and the next poll tries again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +85,8 @@ class IndexManager:
             self.current = serving
             self.stale = stale
             self.not_ready_reason = None
+            if not stale:
+                self.last_error = None
         if serving.registry_version is not None and not stale:
             self._write_pointer(serving)
         log.info(
@@ -120,13 +126,32 @@ class IndexManager:
 
     def pull(self, version: RegisteredVersion) -> ServingIndex:
         """Download (if not cached), verify and warm a registered version. The old one keeps serving meanwhile."""
-        index_dir = download_index(self.settings.registry, version.version, self.cache_dir)
+        self._check_cache_writable()
+        try:
+            index_dir = download_index(self.settings.registry, version.version, self.cache_dir)
+        except OSError as exc:  # e.g. the volume filled up or turned read-only half-way
+            raise ArtifactError(self._cache_problem(exc)) from exc
         try:
             return self._load_verified(index_dir, version.version)
         except ArtifactError:
             # A corrupt cached copy must not stick: drop it so a later attempt downloads afresh.
             shutil.rmtree(index_dir.parent, ignore_errors=True)
             raise
+
+    def _cache_problem(self, exc: OSError) -> str:
+        return (
+            f"the index cache {self.cache_dir} is not writable ({exc.strerror or exc}); the version cannot be "
+            "downloaded. The current version keeps serving; make the cache volume writable by the service user."
+        )
+
+    def _check_cache_writable(self) -> None:
+        """Refuse before downloading anything when the cache cannot take a new version."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.cache_dir, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise ArtifactError(self._cache_problem(exc)) from exc
 
     def load_from_cache(self) -> ServingIndex | None:
         pointer = self.cache_dir / CURRENT_POINTER
@@ -163,6 +188,11 @@ class IndexManager:
             version = resolve_alias(self.settings.registry)
         except RegistryError as exc:
             self.last_error = str(exc)
+            current = self.current
+            if current is not None and not self.stale:  # keep serving; say so in /readyz and the stale gauge
+                log.warning("registry unreachable; serving the current version", extra={"reason": str(exc)})
+                self._publish(current, stale=True)
+                self.last_error = str(exc)
             return f"registry unreachable: {exc}"
         current = self.current
         if current is not None and current.registry_version == version.version and not force:

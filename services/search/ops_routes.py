@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from clipsearch.errors import ClipsearchError
-from services.search.schemas import DriftResponse, ReadyResponse
+from services.search.schemas import DriftResponse, ErrorResponse, ReadyResponse
 from services.search.state import StateDep
 
 router = APIRouter()
@@ -32,10 +34,14 @@ def healthz() -> dict[str, str]:
 )
 def readyz(svc: StateDep) -> JSONResponse:
     current = svc.index.current
-    ready = current is not None and svc.encoder_ready
+    ready = current is not None and svc.encoder_ready and not svc.draining
+    if svc.draining:
+        reason = "draining: shutting down after SIGTERM; requests in flight and in the drain period are still served"
+    else:
+        reason = svc.index.not_ready_reason or "warming up"
     body = ReadyResponse(
         ready=ready,
-        reason=None if ready else (svc.index.not_ready_reason or "warming up"),
+        reason=None if ready else reason,
         index_version=current.index_version if current else None,
         registry_version=current.registry_version if current else None,
         stale=svc.index.stale,
@@ -45,6 +51,8 @@ def readyz(svc: StateDep) -> JSONResponse:
     )
     if ready and svc.index.stale:
         body.reason = f"serving a cached version: {svc.index.last_error}"
+    elif ready and svc.index.last_error:
+        body.reason = f"serving; the last update was refused: {svc.index.last_error}"
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
@@ -58,7 +66,10 @@ def metrics_endpoint(request: Request) -> Response:
     tags=["ops"],
     summary="Latest embedding drift check",
     response_model=DriftResponse,
-    responses={200: {"content": {"text/html": {}}}},
+    responses={
+        200: {"content": {"text/html": {}}},
+        404: {"model": ErrorResponse, "description": "format=html and no drift report has been computed yet."},
+    },
 )
 async def drift(svc: StateDep, format: Annotated[str, Query(pattern="^(json|html)$")] = "json") -> Response:
     current = svc.index.current
@@ -76,12 +87,27 @@ async def drift(svc: StateDep, format: Annotated[str, Query(pattern="^(json|html
     return JSONResponse(DriftResponse(**payload).model_dump())
 
 
-def require_admin(svc: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+_bearer = HTTPBearer(auto_error=False, description="service.admin_token (CLIPSEARCH_SERVICE__ADMIN_TOKEN)")
+
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
+    403: {"model": ErrorResponse, "description": "Admin endpoints are disabled (no admin token configured)."},
+}
+
+
+def tokens_match(given: str, expected: str) -> bool:
+    """Constant time in both values: the SHA-256 digests (fixed length) are compared, never the tokens."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+
+
+def require_admin(
+    svc: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None
+) -> None:
     token = svc.settings.service.admin_token
     if not token:
         raise HTTPException(403, detail="admin endpoints are disabled: set CLIPSEARCH_SERVICE__ADMIN_TOKEN")
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    given = credentials.credentials if credentials is not None else ""
+    if not tokens_match(given, token):
         raise HTTPException(401, detail="missing or wrong admin token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -90,6 +116,10 @@ def require_admin(svc: StateDep, authorization: Annotated[str | None, Header()] 
     tags=["admin"],
     summary="Check the registry now and swap to the champion",
     dependencies=[Depends(require_admin)],
+    responses={
+        **ADMIN_RESPONSES,
+        409: {"model": ErrorResponse, "description": "The champion was refused; the current version keeps serving."},
+    },
 )
 async def reload(svc: StateDep) -> dict[str, str | None]:
     try:
@@ -107,6 +137,7 @@ async def reload(svc: StateDep) -> dict[str, str | None]:
     summary="Recent query embeddings (.npy) for the drift job",
     dependencies=[Depends(require_admin)],
     response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}, **ADMIN_RESPONSES},
 )
 def drift_window(svc: StateDep) -> Response:
     return Response(svc.drift.window_npy(), media_type="application/octet-stream")

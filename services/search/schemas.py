@@ -40,7 +40,7 @@ class RerankInfo(BaseModel):
     applied: bool
     fallback_reason: str | None = Field(
         None,
-        description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, model_unavailable, error.",
+        description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, model_unavailable, budget (the spend guard's limit is reached), error.",
     )
     detail: str | None = None
     model: str | None = Field(

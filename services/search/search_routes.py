@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import lru_cache, partial
-from pathlib import Path
-from typing import Annotated
+from pathlib import Path as FilePath
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.rerank.thumbnails import make_thumbnail
+from clipsearch.settings import ServiceSettings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
 from services.search.batching import ClientDisconnected
@@ -28,29 +29,59 @@ from services.search.schemas import (
 from services.search.state import ServiceState, ServingDep, StateDep
 
 THUMB_PX = 320
+PHOTO_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # clipsearch.images.is_safe_photo_id, stated in the OpenAPI document
+# What counts as blank around a query, spelled out so that Python (strip), pydantic-core (Rust regex) and JSON
+# Schema (ECMA regex, what clients and the contract fuzzer read) agree: Python's str.isspace() set plus U+FEFF.
+BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+QUERY_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"  # at least one character that is not blank
 
 
-def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: RerankMode) -> str:
+def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: RerankMode) -> tuple[str, int]:
+    """The stripped query and the candidate count (raised to k when smaller); 4xx with a reason otherwise.
+
+    Every bound here is also in the OpenAPI document (`document_limits`), so a client (or the contract fuzzer)
+    that follows the document is never refused."""
     limits = svc.settings.service
-    text = q.strip()
+    if len(q) > limits.max_query_chars:
+        raise HTTPException(422, detail=f"q: the query is {len(q)} characters; the limit is {limits.max_query_chars}")
+    text = q.strip(BLANK_CHARS)
     if not text:
         raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
-    if len(text) > limits.max_query_chars:
-        raise HTTPException(
-            422, detail=f"q: the query is {len(text)} characters; the limit is {limits.max_query_chars}"
-        )
     if not 1 <= k <= limits.max_k:
         raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
     if not 1 <= candidates <= limits.max_candidates:
         raise HTTPException(422, detail=f"candidates: must be between 1 and {limits.max_candidates}")
-    if candidates < k:
-        raise HTTPException(422, detail=f"candidates ({candidates}) must be at least k ({k})")
     if rerank == "on" and not svc.rerank_available:
         raise HTTPException(
             409,
             detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
         )
-    return text
+    return text, max(candidates, k)  # fewer candidates than results asked for: re-rank from k
+
+
+def _constrain(node: dict[str, Any], **bounds: object) -> None:
+    """Add bounds to a property's schema (to the matching branch of an `anyOf` such as `integer | null`)."""
+    branches = node.get("anyOf", [node])
+    for branch in branches:
+        if branch.get("type") in ("integer", "string"):
+            branch.update(bounds)
+
+
+def document_limits(openapi: dict[str, Any], limits: ServiceSettings) -> None:
+    """Write the service's settings-dependent bounds (query length, k, candidates) into its OpenAPI document."""
+    bounds: dict[str, dict[str, object]] = {
+        "q": {"minLength": 1, "maxLength": limits.max_query_chars, "pattern": QUERY_PATTERN},
+        "k": {"minimum": 1, "maximum": limits.max_k},
+        "candidates": {"minimum": 1, "maximum": limits.max_candidates},
+    }
+    get = openapi.get("paths", {}).get("/search", {}).get("get", {})
+    for param in get.get("parameters", []):
+        if param.get("name") in bounds:
+            _constrain(param["schema"], **bounds[param["name"]])
+    body = openapi.get("components", {}).get("schemas", {}).get("SearchRequest", {})
+    for name, prop in body.get("properties", {}).items():
+        if name in bounds:
+            _constrain(prop, **bounds[name])
 
 
 def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
@@ -64,14 +95,13 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
 async def _run_search(
     svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
 ) -> SearchResponse:
-    """Validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
-    text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    """Rate limits, validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
+    svc.limiter.check(request, reranked=body.rerank != "off" and svc.rerank_available)
+    text, candidates = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
     engine = serving.engine
     start = time.perf_counter()
     try:
-        got = await svc.batcher.retrieve(
-            engine, text, max(body.k, body.candidates), disconnected=partial(until_disconnected, request)
-        )
+        got = await svc.batcher.retrieve(engine, text, candidates, disconnected=partial(until_disconnected, request))
     except ClientDisconnected:
         raise HTTPException(499, detail="client closed the request before its query started") from None
     encoded = got.encoded
@@ -133,14 +163,31 @@ async def until_disconnected(request: Request) -> None:
 @lru_cache(maxsize=4096)
 def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is part of the cache key
     """A cached thumbnail of a local image (keyed by mtime, so a replaced file is re-read)."""
-    return make_thumbnail(Path(path).read_bytes(), THUMB_PX)
+    return make_thumbnail(FilePath(path).read_bytes(), THUMB_PX)
 
+
+SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "rerank=on was asked for and re-ranking is unavailable."},
+    429: {
+        "model": ErrorResponse,
+        "description": "This client's search or re-rank rate limit is reached (service.rate_limit_*).",
+        "headers": {
+            "Retry-After": {"description": "Seconds until a request is allowed.", "schema": {"type": "integer"}}
+        },
+    },
+}
 
 router = APIRouter(tags=["search"])
 """`/search` and `/images/{photo_id}`; `app.include_router(router)` wires them (see `app.create_app`)."""
 
 
-@router.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
+@router.get(
+    "/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    summary="Search images by text",
+    responses=SEARCH_RESPONSES,
+)
 async def search_get(
     request: Request,
     svc: StateDep,
@@ -162,7 +209,16 @@ async def search_get(
     return await _run_search(svc, serving, request, body)
 
 
-@router.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    summary="Search images by text (JSON body)",
+    responses={
+        **SEARCH_RESPONSES,
+        400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8 or not parseable)."},
+    },
+)
 async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
     return await _run_search(svc, serving, request, body)
 
@@ -174,7 +230,7 @@ async def search_post(request: Request, svc: StateDep, serving: ServingDep, body
     responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}},
 )
 def image(
-    photo_id: str,
+    photo_id: Annotated[str, Path(pattern=PHOTO_ID_PATTERN, description="An Unsplash photo id.")],
     serving: ServingDep,
     svc: StateDep,
     size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",

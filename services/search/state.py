@@ -19,6 +19,7 @@ from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
 from services.search.encoders import QueryEncoders
 from services.search.index_manager import IndexManager, ServingIndex
+from services.search.ratelimit import RequestLimiter
 from services.search.telemetry import Metrics
 
 log = logging.getLogger("services.search")
@@ -37,6 +38,7 @@ class ServiceState:
         self.rerank_available = not isinstance(reranker, NoopReranker)
         if isinstance(reranker, GeminiReranker):
             metrics.watch_reranker_models(reranker.model_availability, settings.rerank.model)
+            metrics.watch_spend(reranker.spend.snapshot)
         self.drift = DriftMonitor(
             window=settings.service.drift_window, min_queries=settings.service.drift_min_queries, html=False
         )
@@ -53,6 +55,8 @@ class ServiceState:
         )
         metrics.queue_depth.set_function(lambda: self.batcher.depth)
         metrics.queue_predicted_wait.set_function(self.batcher.predicted_wait_s)
+        self.limiter = RequestLimiter(settings.service, metrics)
+        self.draining = False  # set on SIGTERM (services.search.drain): /readyz answers 503 from then on
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
 

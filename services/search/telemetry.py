@@ -17,8 +17,10 @@ from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from clipsearch.rerank.spend import SpendSnapshot
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -32,6 +34,7 @@ RERANK_OUTCOMES = (
     "invalid_output",
     "breaker_open",
     "model_unavailable",
+    "budget",
     "disabled",
     "not_requested",
     "error",
@@ -127,11 +130,20 @@ class Metrics:
         )
         for reason in SHED_REASONS:
             self.shed.labels(reason=reason)
+        self.rate_limited = Counter(
+            "clipsearch_rate_limited",
+            "Requests refused with 429 by the per-client rate limits, by limit (search, rerank).",
+            ["limit"],
+            registry=r,
+        )
+        for limit in ("search", "rerank"):
+            self.rate_limited.labels(limit=limit)
         for outcome in RERANK_OUTCOMES:
             self.rerank_outcomes.labels(outcome=outcome)
         for kind in ("prompt", "output", "thoughts"):
             self.gemini_tokens.labels(kind=kind)
         self._model_collector: Collector | None = None
+        self._spend_collector: Collector | None = None
 
     def observe_search(
         self, timings_ms: Mapping[str, float], outcome: str, usage: Mapping[str, float], top1: float | None
@@ -156,6 +168,13 @@ class Metrics:
         self._model_collector = _ModelAvailability(availability, primary)
         self.registry.register(self._model_collector)
 
+    def watch_spend(self, snapshot: Callable[[], SpendSnapshot]) -> None:
+        """Export the Gemini spend guard's state at each scrape (see `clipsearch.rerank.spend`)."""
+        if self._spend_collector is not None:
+            self.registry.unregister(self._spend_collector)
+        self._spend_collector = _SpendGuardCollector(snapshot)
+        self.registry.register(self._spend_collector)
+
     def set_index(self, version: str, registry_version: str | None, size: int, stale: bool) -> None:
         self.index_info.clear()
         self.index_info.labels(version=version, registry_version=registry_version or "local").set(1)
@@ -179,6 +198,46 @@ class _ModelAvailability(Collector):
                 role = "primary" if model == self._primary else "fallback"
                 family.add_metric([model, role], 1.0 if available else 0.0)
         yield family
+
+
+class _SpendGuardCollector(Collector):
+    def __init__(self, snapshot: Callable[[], SpendSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        snap = self._snapshot()
+        yield GaugeMetricFamily(
+            "clipsearch_gemini_spend_today_usd",
+            "USD spent on Gemini today (UTC) by this process, priced from the counted tokens.",
+            value=snap.spent_today_usd,
+        )
+        yield GaugeMetricFamily(
+            "clipsearch_gemini_budget_usd_per_day",
+            "The spend guard's daily USD budget (rerank.spend_usd_per_day).",
+            value=snap.usd_per_day,
+        )
+        yield GaugeMetricFamily(
+            "clipsearch_gemini_budget_requests_per_minute",
+            "The spend guard's Gemini calls per minute (rerank.spend_requests_per_minute).",
+            value=snap.requests_per_minute,
+        )
+        exhausted = GaugeMetricFamily(
+            "clipsearch_gemini_budget_exhausted",
+            "1 while the spend guard refuses Gemini calls for this limit (usd_per_day: until midnight UTC; "
+            "requests_per_minute: a call was refused in the last minute).",
+            labels=["limit"],
+        )
+        denials = CounterMetricFamily(
+            "clipsearch_gemini_budget_denials",
+            "Gemini calls the spend guard refused, by limit (each is a search served in CLIP order, reason budget).",
+            labels=["limit"],
+        )
+        for limit, value in snap.exhausted.items():
+            exhausted.add_metric([limit], 1.0 if value else 0.0)
+        for limit, count in snap.denials.items():
+            denials.add_metric([limit], float(count))
+        yield exhausted
+        yield denials
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from clipsearch_devtools.gemini_standin import GeminiStandin
-from clipsearch_devtools.processes import clean_environ, mlflow_server
+from clipsearch_devtools.processes import clean_environ, free_port, mlflow_server, running
 from clipsearch_devtools.repo_copy import copy_repo
 from training.fetch import sha256_file
 
@@ -55,9 +56,15 @@ class PipelineRepo:
 
 
 @pytest.fixture(scope="session")
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's MLflow server keeps its sqlite store and artifacts (tests may copy them)."""
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="session")
+def mlflow_url(mlflow_workdir: Path) -> Iterator[str]:
     """A real `mlflow server` (sqlite backend, served artifacts, one worker) on 127.0.0.1 for the session."""
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
+    with mlflow_server(mlflow_workdir) as url:
         yield url
 
 
@@ -123,6 +130,11 @@ def service_env(repo: PipelineRepo, cache_dir: Path, **overrides: str) -> dict[s
         "CLIPSEARCH_SERVICE__DRIFT_MIN_QUERIES": "5",
         "CLIPSEARCH_RERANK__BUDGET_S": "0.6",
         "CLIPSEARCH_RERANK__THUMBNAIL_PX": "64",
+        # Load tests and the contract fuzzer hammer one service from one address: limits far above what they send
+        # (tests/e2e/test_guards.py checks the limits themselves on a service of its own).
+        "CLIPSEARCH_SERVICE__RATE_LIMIT_SEARCH": "1000000/minute",
+        "CLIPSEARCH_SERVICE__RATE_LIMIT_RERANK": "1000000/minute",
+        "CLIPSEARCH_RERANK__SPEND_REQUESTS_PER_MINUTE": "1000000",
     }
     env.update(overrides)
     return env
@@ -158,3 +170,43 @@ def live_service(reproduced: PipelineRepo, tmp_path_factory: pytest.TempPathFact
         cmd = [str(BIN / "uvicorn"), "services.search.app:app", "--host", "127.0.0.1", "--port", str(port)]
         with running(cmd, f"{base_url}/readyz", workdir / "service.log", env=env, cwd=reproduced.root, timeout_s=120):
             yield LiveService(base_url=base_url, repo=reproduced, cache_dir=cache_dir, standin=standin)
+
+
+@dataclass
+class ServiceProcess:
+    """One more uvicorn process of the real app (its own settings), for tests that signal or break it."""
+
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    cache_dir: Path
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+
+@contextmanager
+def service_process(
+    repo: PipelineRepo, workdir: Path, *, health: str = "/readyz", **env: str
+) -> Iterator[ServiceProcess]:
+    """uvicorn with `service_env(...)` plus `env`, run as the Deployment runs it (`--no-proxy-headers`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(env.pop("CLIPSEARCH_SERVICE__CACHE_DIR", str(workdir / "cache")))
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(BIN / "uvicorn"),
+        "services.search.app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-proxy-headers",
+        "--timeout-graceful-shutdown",
+        "10",
+    ]
+    log = workdir / "service.log"
+    with running(
+        cmd, f"{base_url}{health}", log, env=service_env(repo, cache_dir, **env), cwd=repo.root, timeout_s=180
+    ) as proc:
+        yield ServiceProcess(base_url=base_url, proc=proc, log=log, cache_dir=cache_dir)

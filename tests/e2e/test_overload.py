@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import BIN, ensure_champion, service_env
 from clipsearch_devtools.processes import free_port, running
+from tests.e2e.conftest import BIN, ensure_champion, service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -57,10 +57,11 @@ def test_overload_sheds_fast_with_retry_after_and_never_5xx_otherwise(reproduced
             assert int(r.headers["Retry-After"]) >= 1
             body = r.json()
             assert body["reason"] in {"queue_full", "deadline", "expired"}
-            assert body["detail"].startswith("overloaded:") and body["request_id"]
+            assert body["detail"].startswith("overloaded:")
+            assert body["request_id"]
             assert body["retry_after_s"] == int(r.headers["Retry-After"])
         fast = sorted(elapsed for elapsed, r in shed if r.json()["reason"] != "expired")
-        assert fast and fast[len(fast) // 2] < 1.0, f"shed answers must not wait for the model: {fast[:5]}"
+        assert fast and fast[len(fast) // 2] < 1.0, f"shed answers must not wait for the model: {fast[:5]}"  # noqa: PT018
         for r in served:
             assert len(r.json()["results"]) == 4
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
@@ -70,7 +71,8 @@ def test_overload_sheds_fast_with_retry_after_and_never_5xx_otherwise(reproduced
             if line.startswith("clipsearch_shed_requests_total{")
         )
         assert counted == len(shed)
-        assert "clipsearch_queue_depth " in metrics and "clipsearch_queue_predicted_wait_seconds " in metrics
+        assert "clipsearch_queue_depth " in metrics
+        assert "clipsearch_queue_predicted_wait_seconds " in metrics
         assert 'clipsearch_requests_total{route="/search",status="503"}' in metrics
         # the service is healthy again once the burst is over
         assert httpx.get(f"{base}/search", params={"q": "after", "rerank": "off"}, timeout=30).status_code == 200

@@ -71,8 +71,8 @@ def test_cpu_query_path_never_imports_torch(tmp_path: Path, tiny_encoder) -> Non
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["artifact_first"] and "no torch" in out["encoder"], out
-    assert out["torch"] is False and out["open_clip"] is False, "the CPU query path imported torch"
+    assert out["artifact_first"] and "no torch" in out["encoder"], out  # noqa: PT018
+    assert out["torch"] is False and out["open_clip"] is False, "the CPU query path imported torch"  # noqa: PT018
     assert out["photo_ids"] == expected
 
     # A replica configured for another model refuses the artifact, as it would with torch.
@@ -80,5 +80,6 @@ def test_cpu_query_path_never_imports_torch(tmp_path: Path, tiny_encoder) -> Non
     refused = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(index_dir), query], capture_output=True, text=True, timeout=300, env=env
     )
-    assert refused.returncode != 0 and "configured for ViT-B-32/random" in refused.stderr
+    assert refused.returncode != 0
+    assert "configured for ViT-B-32/random" in refused.stderr
     assert os.path.isdir(index_dir)

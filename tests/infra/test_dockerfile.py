@@ -64,6 +64,7 @@ def test_service_contract_in_image() -> None:
     for target in ("gpu", "cpu"):
         stage = " ".join(_stages()[target])
         assert '"uvicorn", "services.search.app:app", "--host", "0.0.0.0", "--port", "8000"' in stage
+        assert '"--no-proxy-headers", "--timeout-graceful-shutdown", "10"' in stage  # as the Deployment runs it
         assert "/healthz" in stage
         assert 'VOLUME ["/cache"]' in stage
         for var in ("HF_HOME=/cache", "XDG_CACHE_HOME=/cache", "CLIPSEARCH_SERVICE__CACHE_DIR=/cache"):

@@ -38,6 +38,8 @@ CONTRACT_METRICS = (
     "clipsearch_drift_score",
     "clipsearch_drift_detected",
     "clipsearch_top1_similarity",
+    "clipsearch_rate_limited_total",
+    "clipsearch_gemini_budget_exhausted",
 )
 
 
@@ -134,6 +136,7 @@ def test_search_deployment_contract(rendered: dict[str, Rendered], overlay: str)
     spec = _pod_spec(deployment)
     c = spec["containers"][0]
     assert c["command"][:2] == ["uvicorn", "services.search.app:app"]
+    assert "--no-proxy-headers" in c["command"]
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"  # readiness alone waits for a champion
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -156,6 +159,41 @@ def test_search_deployment_contract(rendered: dict[str, Rendered], overlay: str)
     assert mlflow_svc["spec"]["ports"][0]["port"] == 5000
     sa = r.one("ServiceAccount", "clipsearch-search")
     assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rollout_shutdown_arithmetic(rendered: dict[str, Rendered], overlay: str) -> None:
+    """preStop, the service's drain, uvicorn's in-flight bound and the grace period agree; a rollout never
+    takes capacity away before a new pod is ready."""
+    from clipsearch.settings import RerankSettings, ServiceSettings
+
+    r = rendered[overlay]
+    deployment = r.one("Deployment", "clipsearch")
+    strategy = deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1
+    spec = _pod_spec(deployment)
+    c = spec["containers"][0]
+    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    config = next(cm for cm in r.find("ConfigMap") if cm["metadata"]["name"].startswith("clipsearch-config"))
+    drain = float(config["data"].get("CLIPSEARCH_SERVICE__DRAIN_S", ServiceSettings().drain_s))
+    assert "--no-proxy-headers" in c["command"]
+    in_flight = float(_flag(c["command"], "--timeout-graceful-shutdown"))
+    grace = spec["terminationGracePeriodSeconds"]
+    # endpoints (kube-proxy, load balancers) get >= 10 s to stop sending before uvicorn stops accepting
+    assert pre_stop + drain >= 10, (pre_stop, drain)
+    # the slowest request (a re-rank within its budget, plus encoding) finishes within the in-flight bound
+    assert in_flight >= 2 * RerankSettings().budget_s + 5
+    # and all of it, with 5 s to spare for the lifespan shutdown, before the kubelet's SIGKILL
+    assert pre_stop + drain + in_flight + 5 <= grace, (pre_stop, drain, in_flight, grace)
+    # a readiness failure alone must not take a pod out faster than its drain (probe period x threshold)
+    probe = c["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= drain
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -84,6 +84,14 @@ def test_ci_triggers_and_jobs() -> None:
         if target in ("test-e2e", "test-infra"):
             assert all("CHROMIUM=/usr/bin/google-chrome" in r for r in called), called
     assert not any("pip install" in r for r in runs), "install steps belong to the Makefile's targets"
+    # Supply chain: SBOM + audit through make, reports kept as an artifact even when the audit fails.
+    chain = ci["jobs"]["supply-chain"]
+    chain_runs = [s.get("run", "") for s in chain["steps"]]
+    assert any("make sbom" in r for r in chain_runs)
+    assert any("make audit" in r for r in chain_runs)
+    upload = next(s for s in chain["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert upload["if"] == "always()"
+    assert "reports/sbom.cdx.json" in upload["with"]["path"]
     image = ci["jobs"]["image"]
     build = next(s for s in image["steps"] if "build-push-action" in s.get("uses", ""))
     assert build["with"]["push"] == "${{ env.PUSH == 'true' }}"

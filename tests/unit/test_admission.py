@@ -25,7 +25,9 @@ def test_before_any_measurement_one_batch_may_wait(clock: FakeClock) -> None:
     assert ac.predicted_wait_s(3) == 0.0
     assert ac.check(3) is None
     shed = ac.check(4)
-    assert shed is not None and shed.reason == "deadline" and "not measured its speed yet" in shed.detail
+    assert shed is not None
+    assert shed.reason == "deadline"
+    assert "not measured its speed yet" in shed.detail
     ac.batch_done(size=1, seconds=0.001)
     assert ac.check(4) is None
 
@@ -35,8 +37,10 @@ def test_the_queue_limit_holds_however_cheap_queries_are(clock: FakeClock) -> No
     ac.batch_done(size=1, seconds=0.0)
     assert ac.check(7) is None
     shed = ac.check(8)
-    assert shed is not None and shed.reason == "queue_full"
-    assert "8 queries are already waiting" in shed.detail and shed.retry_after_s == 1
+    assert shed is not None
+    assert shed.reason == "queue_full"
+    assert "8 queries are already waiting" in shed.detail
+    assert shed.retry_after_s == 1
 
 
 def test_sheds_when_the_predicted_start_is_past_the_deadline(clock: FakeClock) -> None:
@@ -46,7 +50,8 @@ def test_sheds_when_the_predicted_start_is_past_the_deadline(clock: FakeClock) -
     assert ac.check(4) is None  # 40 ms to start
     assert ac.check(5) is None  # 50 ms: not past the deadline (within float rounding)
     shed = ac.check(6)  # 60 ms
-    assert shed is not None and shed.reason == "deadline"
+    assert shed is not None
+    assert shed.reason == "deadline"
     assert shed.predicted_wait_ms == pytest.approx(60.0)
     assert "50 ms queue deadline" in shed.detail
 

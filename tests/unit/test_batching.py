@@ -117,7 +117,8 @@ def test_a_query_whose_client_left_is_dropped_before_it_starts(engine, monkeypat
     finally:
         gate.release.set()
         batcher.close()
-    assert "beach" not in gate.encoded and gate.encoded[0] == "forest"
+    assert "beach" not in gate.encoded
+    assert gate.encoded[0] == "forest"
     assert abandoned == [1]
 
 
@@ -144,7 +145,8 @@ def test_a_full_queue_sheds_at_once_with_a_reason(engine, monkeypatch) -> None:
     finally:
         gate.release.set()
         batcher.close()
-    assert refused.reason == "queue_full" and refused.retry_after_s >= 1
+    assert refused.reason == "queue_full"
+    assert refused.retry_after_s >= 1
     assert shed == ["queue_full"]
     assert "river" not in gate.encoded
 
@@ -164,7 +166,8 @@ def test_a_predicted_late_start_sheds(engine) -> None:
         refused = asyncio.run(run())
     finally:
         batcher.close()
-    assert refused.reason == "deadline" and refused.retry_after_s >= 10
+    assert refused.reason == "deadline"
+    assert refused.retry_after_s >= 10
     assert shed == ["deadline"]
 
 
@@ -184,5 +187,7 @@ def test_a_repeated_query_skips_the_queue_even_when_shedding(engine) -> None:
         first, again = asyncio.run(run())
     finally:
         batcher.close()
-    assert again.cached and again.batch_size == 0 and again.timings_ms["queue"] == 0.0
+    assert again.cached
+    assert again.batch_size == 0
+    assert again.timings_ms["queue"] == 0.0
     assert [c.photo_id for c in again.pool] == [c.photo_id for c in first.pool]

@@ -51,7 +51,8 @@ def exported(tmp_path_factory, tiny_encoder):
 def test_exported_encoder_matches_the_torch_encoder(exported, tiny_encoder) -> None:
     out, spec, _ = exported
     assert json.loads((out / SPEC).read_text()) == spec
-    assert spec["model"] == tiny_encoder.identity.model_dump(mode="json") and spec["text"]["precision"] == "fp32"
+    assert spec["model"] == tiny_encoder.identity.model_dump(mode="json")
+    assert spec["text"]["precision"] == "fp32"
     onnx = ArtifactTextEncoder(spec, load_dir(out, spec))
     texts = [*QUERIES[:20], "word " * 90]
     ours, truncated = onnx.encode_text_with_flags(texts)
@@ -68,22 +69,30 @@ def test_int8_gate_ships_int8_only_within_the_floors(tmp_path, tiny_encoder, exp
     settings = ModelSettings(onnx_quantize="int8", int8_min_cosine=floor, int8_min_top10_overlap=floor)
     spec = export_query_encoders(tiny_encoder, tmp_path, settings, list(QUERIES[:12]), index)
     gate = spec["int8_gate"]
-    assert gate["requested"] and gate["shipped"] == shipped and spec["text"]["precision"] == shipped
-    assert 0.0 < gate["min_cosine"] <= 1.0 + 1e-6 and 0.0 <= gate["top10_overlap"] <= 1.0
-    assert gate["n_queries"] == 12 and gate["floors"] == {"min_cosine": floor, "top10_overlap": floor}
+    assert gate["requested"]
+    assert gate["shipped"] == shipped
+    assert spec["text"]["precision"] == shipped
+    assert 0.0 < gate["min_cosine"] <= 1.0 + 1e-6
+    assert 0.0 <= gate["top10_overlap"] <= 1.0
+    assert gate["n_queries"] == 12
+    assert gate["floors"] == {"min_cosine": floor, "top10_overlap": floor}
     if shipped == "fp32":
-        assert not gate["passed"] and "below the parity floor" in gate["reason"] and "min cosine" in gate["reason"]
+        assert not gate["passed"]
+        assert "below the parity floor" in gate["reason"]
+        assert "min cosine" in gate["reason"]
     else:
         assert gate["passed"]
     vectors = ArtifactTextEncoder(spec, load_dir(tmp_path, spec)).encode_text(["a red bicycle"])
-    assert vectors.shape == (1, tiny_encoder.dim) and abs(float(np.linalg.norm(vectors)) - 1.0) < 1e-5
+    assert vectors.shape == (1, tiny_encoder.dim)
+    assert abs(float(np.linalg.norm(vectors)) - 1.0) < 1e-5
 
 
-def test_artifact_carries_checksummed_encoders_of_its_own_model(exported, tmp_path) -> None:
+def test_artifact_carries_checksummed_encoders_of_its_own_model(exported, tmp_path) -> None:  # noqa: ARG001
     out, spec, index_dir = exported
     files = load_dir(out, spec)
     manifest = add_query_encoders(index_dir, files, spec)
-    assert manifest.query_encoders == spec and set(spec["files"].values()) <= set(manifest.files)
+    assert manifest.query_encoders == spec
+    assert set(spec["files"].values()) <= set(manifest.files)
     plain = load_artifact(index_dir)
     assert plain.query_encoder_blobs == {}  # not read unless asked for
     full = load_artifact(index_dir, query_encoders=True)
@@ -100,10 +109,11 @@ def test_artifact_carries_checksummed_encoders_of_its_own_model(exported, tmp_pa
         load_artifact(index_dir, query_encoders=True)  # ...but are when they will be used
 
 
-def test_write_artifact_then_add_keeps_index_settings(tmp_path, exported, tiny_encoder) -> None:
+def test_write_artifact_then_add_keeps_index_settings(tmp_path, exported, tiny_encoder) -> None:  # noqa: ARG001
     out, spec, index_dir = exported
     art = load_artifact(index_dir)
     copy = tmp_path / "copy"
     write_artifact(copy, art.vectors, [str(i) for i in art.ids], art.metadata, art.manifest.model, IndexSettings(), "v")
     manifest = add_query_encoders(copy, load_dir(out, spec), spec)
-    assert manifest.index.kind == "exact" and manifest.count == len(art.ids)
+    assert manifest.index.kind == "exact"
+    assert manifest.count == len(art.ids)

@@ -164,7 +164,9 @@ def test_hnsw_sq_refine_restores_exact_scores_and_recall(corpus: np.ndarray, que
     index = build_index(
         corpus, IndexSettings(kind="hnsw_sq", hnsw_m=16, hnsw_ef_construction=80, hnsw_ef_search=128, hnsw_pca_dim=48)
     )
-    assert isinstance(index, FaissHnswSqIndex) and index.params["pca_dim"] == 48 and index.params["refine"] == 4
+    assert isinstance(index, FaissHnswSqIndex)
+    assert index.params["pca_dim"] == 48
+    assert index.params["refine"] == 4
     scores, rows = index.search(queries, 10)
     assert recall_at(10, rows, exact_rows) >= 0.95
     found = rows == exact_rows
@@ -174,11 +176,12 @@ def test_hnsw_sq_refine_restores_exact_scores_and_recall(corpus: np.ndarray, que
     assert recall_at(10, unrefined.search(queries, 10)[1], exact_rows) < recall_at(10, rows, exact_rows)
 
 
-def test_hnsw_sq_round_trips_with_the_artifact_vectors(corpus: np.ndarray, queries: np.ndarray) -> None:
+def test_hnsw_sq_round_trips_with_the_artifact_vectors(corpus: np.ndarray, queries: np.ndarray) -> None:  # noqa: ARG001
     x = corpus[:1000]
     index = FaissHnswSqIndex.build(x, m=8, ef_construction=40, ef_search=32, refine=4, pca_dim=0)
     again = load_index("hnsw_sq", {**index.params, "ef_search": 48}, x.astype(np.float16), index.to_bytes())
-    assert again.kind == "hnsw_sq" and len(again) == 1000
+    assert again.kind == "hnsw_sq"
+    assert len(again) == 1000
     assert again.hnsw.efSearch == 48  # type: ignore[attr-defined]
     assert again.search(x[:3], 1)[1][:, 0].tolist() == [0, 1, 2]
 
@@ -187,7 +190,8 @@ def test_exact_refine_drops_unfilled_slots() -> None:
     vectors = normalised(np.eye(4, 8, dtype=np.float32) + 0.01)
     rows = np.array([[2, -1, 0, -1]])
     scores, top = exact_refine(vectors, vectors[2:3], rows, 3)
-    assert top.tolist() == [[2, 0, -1]] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert top.tolist() == [[2, 0, -1]]
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_hnsw_sq_rejects_a_pca_dim_above_the_dimension() -> None:
