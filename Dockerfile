@@ -161,7 +161,7 @@ USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
-CMD ["uvicorn", "services.search.app:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header"]
+CMD ["uvicorn", "services.search.app:app", "--host", "0.0.0.0", "--port", "8000", "--no-server-header", "--no-proxy-headers", "--timeout-graceful-shutdown", "10"]
 
 # ---------------------------------------------------------------------------------------------------------
 # cpu-torch: runtime image on Debian slim with CPU-only torch (pipeline stages; artifacts without encoders).
