@@ -201,7 +201,10 @@ def test_mlflow_killed_and_restarted(
         wait_for(lambda: ready(service)["registry_version"] == new_version, 90, "the new champion to be followed")
         time.sleep(1.0)
     assert not load.failures, load.failures[:5]
-    assert load.ok > 20 and len(load.versions) == 2, (load.ok, load.versions)  # noqa: PT018
+    # Following resumed: /readyz reported the new registry version above. (The variant is the same vectors in
+    # another index kind, so its content-derived index_version may equal the old one.)
+    assert load.ok > 20, load.ok
+    assert load.versions, load.versions
 
 
 def test_download_cut_midway_is_refused_then_retried(
