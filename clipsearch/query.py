@@ -29,7 +29,7 @@ from clipsearch.images import is_safe_photo_id
 RerankMode = Literal["auto", "on", "off"]
 SearchMode = Literal["vector", "hybrid", "keyword"]
 Orientation = Literal["landscape", "portrait", "square"]
-SortOrder = Literal["relevance", "newest", "oldest"]
+SortOrder = Literal["relevance", "newest", "most_downloaded"]
 
 MAX_TERMS = 8
 MAX_WEIGHT = 10.0
@@ -159,10 +159,28 @@ class Query(_Strict):
     k: int = Field(4, ge=1, description="How many results to return (one page).")
     candidates: int = Field(10, ge=1, description="How many nearest neighbours the re-ranker chooses from.")
     offset: int = Field(0, ge=0, le=10_000, description="Skip this many results (page = offset / k).")
-    cursor: str | None = Field(None, description="Opaque position returned by the previous page (instead of offset).")
-    min_score: float | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
-    sort: SortOrder = "relevance"
-    dedupe: bool = Field(False, description="Collapse near-duplicate photos (cosine >= 0.94) to the best one.")
+    cursor: str | None = Field(
+        None,
+        max_length=4096,
+        description="Opaque position returned by the previous page as `next_cursor` (instead of offset); it "
+        "also skips what a re-ranked first page showed.",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Drop results whose cosine score is below this (results may then be fewer than k).",
+    )
+    sort: SortOrder = Field(
+        "relevance",
+        description="relevance (the mode's order); newest (submitted_at) or most_downloaded, applied to the set "
+        "above the cut-off (at most search.max_results photos).",
+    )
+    dedupe: bool = Field(
+        False,
+        description="Collapse near-duplicate photos (image vectors with cosine >= search.dedupe_threshold, default "
+        "0.95) to the best-ranked one.",
+    )
     rerank: RerankMode = Field("auto", description="auto: re-rank when a Gemini key is configured; on; off.")
 
     @model_validator(mode="after")
