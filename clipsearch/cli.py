@@ -57,7 +57,7 @@ def search(
         engine = load_engine(
             index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker
         )
-        result = engine.search(query, k=k, candidates=max(k, candidates), rerank=rerank)
+        result = engine.search_text(query, k=k, candidates=max(k, candidates), rerank=rerank)
         if as_json:
             typer.echo(
                 json.dumps(

@@ -28,7 +28,7 @@ def test_concurrent_queries_are_batched_and_answered_individually(engine) -> Non
         batcher.close()
     assert max(a.batch_size for a in answers) > 1
     for word, answer in zip(WORDS * 2, answers, strict=True):
-        expected = engine.search(word, k=3, candidates=3, rerank=False)
+        expected = engine.search_text(word, k=3, candidates=3, rerank=False)
         assert [c.photo_id for c in answer.pool] == [r.candidate.photo_id for r in expected.results]
         assert answer.pool[0].score == pytest.approx(expected.results[0].candidate.score, abs=1e-5)
         assert set(answer.timings_ms) == {"queue", "encode", "search"}
