@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 TOOLS ?= .venv-tools
+NETPOL ?= .venv-netpol
 BIN := $(abspath $(VENV))/bin
 QUERY ?= a foggy forest at dawn
 # `make run LIMIT=2000`: a quick subset instead of the whole Unsplash Lite set (params.yaml's dataset.limit).
@@ -17,6 +18,7 @@ export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export CLIPSEARCH_TEST_BROWSER := $(CHROMIUM)
 export CLIPSEARCH_TOOLS_BIN := $(abspath $(TOOLS))/bin
+export CLIPSEARCH_NETPOL_BIN := $(abspath $(NETPOL))/bin
 unexport PYTHONHOME
 
 .PHONY: setup tools system-deps lint test test-unit test-infra test-e2e run fixture-run bench clean
@@ -29,12 +31,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Validators for the deployment artefacts live in their own venv so their pins never fight the app's.
-tools: $(TOOLS)/.installed
+# Validators for the deployment artefacts live in their own venv so their pins never fight the app's; the
+# NetworkPolicy analyzer has a third (its networkx pin cannot meet checkov's).
+tools: $(TOOLS)/.installed $(NETPOL)/.installed
 $(TOOLS)/.installed: requirements-tools.txt
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --upgrade pip
 	$(TOOLS)/bin/pip install --quiet -r requirements-tools.txt
+	touch $@
+$(NETPOL)/.installed: requirements-netpol.txt
+	$(PYTHON) -m venv $(NETPOL)
+	$(NETPOL)/bin/pip install --quiet --upgrade pip
+	$(NETPOL)/bin/pip install --quiet -r requirements-netpol.txt
 	touch $@
 
 # The browser (chat-page tests) and Prometheus/promtool (rules, live scrape), from the distribution's packages.

@@ -5,8 +5,9 @@ to the local Gemini REST stand-in (`tests/fixtures/gemini_standin.py`) running i
 API would. The stand-in answers after a fixed `--latency` (800 ms by default); everything beyond that is
 our overhead (thumbnails, JPEG encode, JSON, HTTP). A second stand-in that hangs checks that no call outlives
 the budget by more than 50 ms. Tokens and dollars come from the same `usage_metadata` path the service uses;
-the stand-in reports fixed token counts, so the real-Gemini estimate is computed beside them (258 tokens per
-image with both sides <= 384 px, Gemini 2.x image tokenisation).
+the stand-in reports fixed token counts, so the real-Gemini estimate is computed beside them for every model in
+`rerank.models` (`clipsearch.rerank.cost`: 258 tokens per small image on Gemini 2.x, the `media_resolution`
+budget on Gemini 3.x, each model's prices).
 
     python -m benchmarks.bench_rerank [--latency 0.8] [--calls 15]
 """
@@ -25,20 +26,14 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import QUERIES, percentiles_ms, print_table, write_result
+from clipsearch.rerank.cost import OUTPUT_TOKENS, TEXT_TOKENS, estimate, image_tokens_per_thumbnail
 from clipsearch.rerank.gemini import GeminiReranker
 from clipsearch.settings import RerankSettings
 from clipsearch.types import Candidate
 
 N_CANDIDATES = 10
 SEED_COST_USD = 0.0031
-GEMINI_IMAGE_TOKENS_SMALL = 258  # one image with both sides <= 384 px (Gemini 2.x); larger: 258 per 768 px tile
-
-
-def gemini_image_tokens(width: int, height: int) -> int:
-    """Tokens Gemini 2.x bills for one image: 258 up to 384x384, else 258 per 768x768 tile."""
-    if width <= 384 and height <= 384:
-        return GEMINI_IMAGE_TOKENS_SMALL
-    return ((width + 767) // 768) * ((height + 767) // 768) * GEMINI_IMAGE_TOKENS_SMALL
+GOAL_COST_USD = 0.001
 
 
 def _serve(queue: Any, latency_s: float, hang_s: float) -> None:
@@ -115,26 +110,28 @@ def run(latency_s: float, calls: int, budget_s: float, thumbnail_px: int) -> dic
 
     thumb_w = thumbnail_px
     thumb_h = round(thumbnail_px * 267 / 400)
-    image_tokens = N_CANDIDATES * gemini_image_tokens(thumb_w, thumb_h)
-    text_tokens = 200  # instructions + query + 10 ids + schema, ~800 characters at ~4 characters per token
-    output_tokens = 60  # a JSON list of 10 short ids
-    real_cost = (image_tokens + text_tokens) * settings.price_input_per_mtok / 1e6 + (
-        output_tokens * settings.price_output_per_mtok / 1e6
-    )
+    per_model = {}
+    for name, profile in settings.models.items():
+        est = estimate(profile, images=N_CANDIDATES)
+        per_model[name] = {
+            "image_tokens": est.image_tokens,
+            "text_tokens": TEXT_TOKENS,
+            "output_tokens": OUTPUT_TOKENS,
+            "cost_usd": round(est.cost_usd, 6),
+            "price_input_per_mtok": profile.price_input_per_mtok,
+            "price_output_per_mtok": profile.price_output_per_mtok,
+            "prices_read": profile.prices_read,
+            "basis": f"{image_tokens_per_thumbnail(profile)} tokens per {thumb_w}x{thumb_h} thumbnail "
+            f"(media_resolution {profile.media_resolution or 'not set'})",
+        }
     cost = {
         "model": settings.model,
         "thumbnail_px": thumbnail_px,
-        "price_input_per_mtok": settings.price_input_per_mtok,
-        "price_output_per_mtok": settings.price_output_per_mtok,
         "standin_usage": usage,
-        "estimate_real_gemini": {
-            "image_tokens": image_tokens,
-            "text_tokens": text_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": round(real_cost, 6),
-            "basis": f"258 tokens per image with both sides <= 384 px (Gemini 2.x); thumbnails are {thumb_w}x{thumb_h}",
-        },
+        "estimate_real_gemini": per_model[settings.model],
+        "estimate_per_model": per_model,
         "seed_cost_usd": SEED_COST_USD,
+        "goal_cost_usd": GOAL_COST_USD,
     }
     return {
         "latency_s": latency_s,
@@ -158,15 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.latency, args.calls, args.budget, args.thumbnail_px)
     print_table(result["overhead"], ["variant", "n", "p50_ms", "p95_ms", "max_ms"], "re-rank overhead (ms)")
     c = result["cost"]
-    est = c["estimate_real_gemini"]
     print(
         f"\nstand-in usage per request: {c['standin_usage'].get('prompt_tokens')} in / "
         f"{c['standin_usage'].get('output_tokens')} out tokens, ${c['standin_usage'].get('cost_usd', 0):.6f}"
     )
-    print(
-        f"real {c['model']} estimate at {c['thumbnail_px']} px: {est['image_tokens'] + est['text_tokens']} in / "
-        f"{est['output_tokens']} out tokens = ${est['cost_usd']:.6f} per request (seed: ${c['seed_cost_usd']})"
-    )
+    for name, est in c["estimate_per_model"].items():
+        mark = "default" if name == c["model"] else "       "
+        print(
+            f"{mark} {name} estimate at {c['thumbnail_px']} px: {est['image_tokens'] + est['text_tokens']} in / "
+            f"{est['output_tokens']} out tokens = ${est['cost_usd']:.6f} per request "
+            f"(goal ${c['goal_cost_usd']}, seed ${c['seed_cost_usd']})"
+        )
     print(f"\nwrote {write_result('rerank', result)}")
 
 

@@ -195,6 +195,8 @@ def run(
             "CLIPSEARCH_MODEL__PRETRAINED": str(weights),
             "CLIPSEARCH_MODEL__DEVICE": "cpu",
             "CLIPSEARCH_MODEL__TEXT_PRECISION": text_precision,
+            # The published rows measure the torch text tower (fp32 or bf16); `auto` would pick ONNX Runtime on CPU.
+            "CLIPSEARCH_MODEL__TEXT_BACKEND": "torch",
             "CLIPSEARCH_REGISTRY__TRACKING_URI": tracking_uri,
             "CLIPSEARCH_SERVICE__CACHE_DIR": str(workdir / "cache"),
             "CLIPSEARCH_SERVICE__POLL_INTERVAL_S": "3600",

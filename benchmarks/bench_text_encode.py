@@ -66,7 +66,8 @@ def _onnx_encoder(settings: ModelSettings, quantize: str, threads: int) -> ClipE
 
 
 def _variants(arch: str, threads: int) -> dict[str, Variant]:
-    base = ModelSettings(arch=arch, pretrained="random", device="cpu", precision="fp32")
+    # torch variants pin the torch backend (`auto` would run ONNX Runtime on CPU); the onnx ones override it.
+    base = ModelSettings(arch=arch, pretrained="random", device="cpu", precision="fp32", text_backend="torch")
     fp32 = ClipEncoder(base).load()
     bf16 = ClipEncoder(base.model_copy(update={"text_precision": "bf16"})).load()
     int8 = _int8_encoder(base)

@@ -98,7 +98,8 @@ def lines(results_dir: Path = RESULTS_DIR) -> list[str]:
         )
         est = rr["cost"]["estimate_real_gemini"]
         out.append(
-            f"| cost vs seed ${rr['cost']['seed_cost_usd']} | ${est['cost_usd']} per re-ranked request | "
+            f"| cost vs seed ${rr['cost']['seed_cost_usd']} (goal ${rr['cost'].get('goal_cost_usd', 0.001)}) "
+            f"| ${est['cost_usd']} per re-ranked request | "
             f"{rr['cost']['model']}, {rr['cost']['thumbnail_px']} px thumbnails | {est['basis']} |"
         )
     emb = _load("embed", results_dir)

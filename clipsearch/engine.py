@@ -353,6 +353,7 @@ class SearchEngine:
             index_version=self.index_version,
             rerank_detail=outcome.detail,
             rerank_usage=outcome.usage,
+            rerank_model=outcome.model,
             page=info,
         )
 
@@ -389,6 +390,7 @@ class SearchEngine:
             index_version=self.index_version,
             rerank_detail=outcome.detail,
             rerank_usage=outcome.usage,
+            rerank_model=outcome.model,
         )
 
     # ------------------------------------------------------------------------------------------- helpers

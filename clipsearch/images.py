@@ -8,7 +8,6 @@ broken structure, a full `load()` catches truncated pixel data that `verify()` l
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIX = ".jpg"
-PART_SUFFIX = ".part"
 JPEG_QUALITY = 90
 
 # Unsplash photo ids are 10-11 characters of [A-Za-z0-9_-]; anything else must never become a file name.
@@ -85,18 +83,3 @@ def is_valid_image_file(path: Path) -> bool:
     except ImageDecodeError:
         return False
     return True
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `<path>.part`, then rename over `path`: readers see the old file or the new one.
-
-    `durable` also fsyncs before the rename (survives a power cut). Images skip it: the download stage
-    re-verifies every file on resume, so a torn file after a crash is refetched anyway.
-    """
-    part = path.with_name(path.name + PART_SUFFIX)
-    with part.open("wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    part.replace(path)

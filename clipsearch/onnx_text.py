@@ -25,7 +25,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from clipsearch.errors import ConfigError, ModelLoadError
+from clipsearch.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ INPUT_EMBEDDINGS = "embeddings"  # (batch, length, width) float32: token + posit
 INPUT_EOT = "eot"  # (batch,) int64: the end-of-text position of each row
 OUTPUT_FEATURES = "features"  # (batch, embed_dim) float32, not normalised
 QUANTIZE_CHOICES = ("none", "int8")
-CACHE_ENV = "CLIPSEARCH_ONNX_CACHE"
+CACHE_ENV = "CLIPSEARCH_MODEL__ONNX_CACHE_DIR"  # the env form of model.onnx_cache_dir: one name for both
 
 
 def _require(module: str) -> Any:
@@ -60,7 +60,7 @@ def _require(module: str) -> Any:
 
 
 def default_cache_dir() -> Path:
-    """`$CLIPSEARCH_ONNX_CACHE`, else `$XDG_CACHE_HOME/clipsearch/onnx`, else `~/.cache/clipsearch/onnx`."""
+    """`$CLIPSEARCH_MODEL__ONNX_CACHE_DIR` (model.onnx_cache_dir), else `$XDG_CACHE_HOME/clipsearch/onnx`, else `~/.cache/clipsearch/onnx`."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -99,20 +99,6 @@ class _TextGraph(torch.nn.Module):
         if isinstance(self.text_projection, torch.nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection
-
-
-@contextmanager
-def _atomic_target(final: Path) -> Iterator[Path]:
-    """A temporary path next to `final` that is renamed onto it when the block succeeds, removed otherwise."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.onnx", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -222,7 +208,7 @@ def load_onnx_text_tower(
     )
     started = time.perf_counter()
     try:
-        with _atomic_target(path) as tmp:
+        with atomic_path(path, durable=False, unique=True, suffix=".tmp.onnx") as tmp:
             if quantize == "int8":
                 fp32 = tmp.with_name(tmp.name + ".fp32.onnx")  # the quantiser's input, never a cache entry
                 try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import RegistryError
+from clipsearch.fileio import atomic_directory
 from clipsearch.lineage import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from clipsearch.settings import RegistrySettings
 
@@ -272,9 +272,7 @@ def download_index(settings: RegistrySettings, version: str, dest_dir: Path) -> 
     final = dest_dir / f"v{version}"
     if final.is_dir():
         return final / INDEX_ARTIFACT_KEY
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=dest_dir))
-    try:
+    with atomic_directory(final, durable=False, replace=False) as tmp:
         with registry_errors(settings, f"download version {version}"):
             local = Path(
                 mlflow.artifacts.download_artifacts(
@@ -295,10 +293,6 @@ def download_index(settings: RegistrySettings, version: str, dest_dir: Path) -> 
         for leftover in tmp.iterdir():
             if leftover != staged:
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final / INDEX_ARTIFACT_KEY
 
 

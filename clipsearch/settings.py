@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -38,7 +38,9 @@ UNSPLASH_LITE_PINNED_URL = f"https://unsplash.com/data/lite/{UNSPLASH_LITE_VERSI
 UNSPLASH_LITE_SHA256 = "d29a13678f1cc3a3e706897b0a8dbbdb5837715b0d78d0492b68b9b5e96b03db"
 
 # Environment variables that carry the prefix but are not settings fields (so they are not "unknown keys").
-NON_SETTINGS_ENV = frozenset({PARAMS_ENV, "CLIPSEARCH_TEST_CACHE", "CLIPSEARCH_TEST_BROWSER", "CLIPSEARCH_TOOLS_BIN"})
+NON_SETTINGS_ENV = frozenset(
+    {PARAMS_ENV, "CLIPSEARCH_TEST_CACHE", "CLIPSEARCH_TEST_BROWSER", "CLIPSEARCH_TOOLS_BIN", "CLIPSEARCH_NETPOL_BIN"}
+)
 
 
 class Section(BaseModel):
@@ -97,10 +99,11 @@ class ModelSettings(Section):
         description="Query-encoding text tower on CPU: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX (cosine to "
         "fp32 >= 0.999); fp32 is exact. Ignored when the model already runs in fp16.",
     )
-    text_backend: Literal["torch", "onnx"] = Field(
-        "torch",
-        description="Engine for the query text tower on CPU: 'onnx' runs it in ONNX Runtime ("
-        "exported once per weights and cached). Same weights and identity; ignored on CUDA.",
+    text_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Engine for the query text tower: 'auto' is ONNX Runtime fp32 on CPU (exported once per weights "
+        "and cached; torch when text_precision is bf16 or the export is impossible) and torch on CUDA; 'onnx' and "
+        "'torch' force one (onnx is ignored on CUDA). Same weights and identity.",
     )
     onnx_quantize: Literal["none", "int8"] = Field(
         "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."
@@ -211,11 +214,103 @@ class SearchSettings(Section):
     )
 
 
+ThinkingLevel = Literal["minimal", "low", "medium", "high"]
+MediaResolution = Literal["low", "medium", "high"]
+
+# Where the model facts below come from (searched 2026-12-02; Google's pages were read from a stored copy,
+# the live site is not reachable from the build machines):
+# - Gemini API models page (ai.google.dev/gemini-api/docs/models, "last updated July 2026"): gemini-3.5-flash-lite
+#   and gemini-3.1-flash-lite are listed as stable.
+# - Gemini API deprecations page (ai.google.dev/gemini-api/docs/deprecations): gemini-3.5-flash-lite released
+#   2026-07-21, no shutdown date announced; gemini-2.5-flash-lite released 2025-07-22, "earliest July 2026".
+# - "What's new in Gemini 3.6 Flash and 3.5 Flash-Lite" (ai.google.dev/gemini-api/docs/generate-content/
+#   whats-new-gemini-3.6): 3.5 Flash-Lite defaults to thinking level `minimal`; $0.30 / $2.50 per 1M tokens.
+# - Gemini 3.5 Flash-Lite model page (docs.cloud.google.com/vertex-ai/generative-ai/docs/models/gemini/
+#   3-5-flash-lite): custom temperature / top-K / top-P are ignored, custom frequency / presence penalties are
+#   an error, a request whose last `contents` turn has role `model` is an error.
+PRICES_READ = "2026-12-02"
+
+
+class GeminiModelProfile(Section):
+    """What the re-ranker must know about one Gemini model: its prices and the request fields it accepts."""
+
+    price_input_per_mtok: float = Field(..., ge=0, description="USD per million input tokens (text and image).")
+    price_output_per_mtok: float = Field(
+        ..., ge=0, description="USD per million output tokens; thinking tokens are billed as output."
+    )
+    prices_read: str = Field(..., description="When and where the prices were read.")
+    thinking_level: ThinkingLevel | None = Field(
+        None, description="Gemini 3.x: thinking_config.thinking_level (the lowest the model allows)."
+    )
+    thinking_budget: int | None = Field(
+        None, ge=0, description="Gemini 2.5: thinking_config.thinking_budget (0 = no thinking). Not with a level."
+    )
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Sent only to models that honour it; Gemini 3.x ignores custom values."
+    )
+    media_resolution: MediaResolution | None = Field(
+        None, description="generation_config.media_resolution; Gemini 3.x bills an image by it (low = 280 tokens)."
+    )
+
+    @model_validator(mode="after")
+    def _one_thinking_control(self) -> GeminiModelProfile:
+        if self.thinking_level is not None and self.thinking_budget is not None:
+            raise ValueError(
+                "set thinking_level (Gemini 3.x) or thinking_budget (Gemini 2.5), not both: the API answers 400"
+            )
+        return self
+
+
+def _default_model_profiles() -> dict[str, GeminiModelProfile]:
+    return {
+        "gemini-3.5-flash-lite": GeminiModelProfile(
+            price_input_per_mtok=0.30,
+            price_output_per_mtok=2.50,
+            prices_read=f"{PRICES_READ}: ai.google.dev 'What's new in Gemini 3.6 Flash and 3.5 Flash-Lite' (stored copy)",
+            thinking_level="minimal",
+            media_resolution="low",
+        ),
+        "gemini-3.1-flash-lite": GeminiModelProfile(
+            price_input_per_mtok=0.25,
+            price_output_per_mtok=1.50,
+            prices_read=f"{PRICES_READ}: openrouter.ai and vercel.com model pages (third party; Google's table not read)",
+            thinking_level="minimal",
+            media_resolution="low",
+        ),
+        "gemini-2.5-flash-lite": GeminiModelProfile(
+            price_input_per_mtok=0.10,
+            price_output_per_mtok=0.40,
+            prices_read="2025 (the seed's README, from ai.google.dev/gemini-api/docs/pricing); not re-read",
+            thinking_budget=0,
+            temperature=0.0,
+        ),
+    }
+
+
 class RerankSettings(Section):
     """The LLM re-ranker (Gemini through the maintained google-genai SDK). No API key -> CLIP order only."""
 
     enabled: bool = True
-    model: str = Field("gemini-2.5-flash-lite", description="A current Flash-Lite model; gemini-1.5-flash is retired.")
+    model: str = Field(
+        "gemini-3.5-flash-lite",
+        description=(
+            "A current stable Flash-Lite. Checked 2026-12-02 against stored copies of Google's Gemini API models "
+            "page (gemini-3.5-flash-lite: stable, July 2026) and deprecations page (released 2026-07-21, no "
+            "shutdown date announced); gemini-2.5-flash-lite's earliest shutdown was July 2026. It must have an "
+            "entry in `models` (prices, thinking); see README 'Switching the re-rank model'."
+        ),
+    )
+    fallback_models: list[str] = Field(
+        default_factory=lambda: ["gemini-3.1-flash-lite"],
+        description=(
+            "Tried in order only when a model is not found (404: retired or renamed), never on 429/5xx. "
+            "The primary model is skipped if listed here."
+        ),
+    )
+    models: dict[str, GeminiModelProfile] = Field(
+        default_factory=_default_model_profiles,
+        description="Per-model prices and request fields; entries given here are added to (or replace) the defaults.",
+    )
     api_key: str | None = Field(None, description="Read from GEMINI_API_KEY; never logged.", repr=False)
     base_url: str | None = Field(None, description="Override the Gemini endpoint (tests, proxies).")
     budget_s: float = Field(1.5, gt=0, le=30, description="Hard time budget per re-rank call, retries included.")
@@ -225,9 +320,35 @@ class RerankSettings(Section):
     response_cache_size: int = Field(1024, ge=0, description="Identical (query, candidates) answers kept in memory.")
     breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
     breaker_reset_s: float = Field(30.0, gt=0, description="How long the breaker stays open before one trial call.")
-    price_input_per_mtok: float = Field(0.10, ge=0, description="USD per million input tokens (for cost metrics).")
-    price_output_per_mtok: float = Field(0.40, ge=0, description="USD per million output tokens.")
+    model_unavailable_hold_s: float = Field(
+        3600.0, gt=0, description="A model that was not found is not asked again for this long (then one trial)."
+    )
+    startup_check_timeout_s: float = Field(
+        3.0, gt=0, le=30, description="Time allowed for the start-up models lookup of each configured model."
+    )
     quota_requests_per_minute: int = Field(4000, ge=1, description="The project's Gemini RPM quota (alerting).")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _add_default_models(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {**_default_model_profiles(), **value}
+        return value
+
+    @model_validator(mode="after")
+    def _models_are_known(self) -> RerankSettings:
+        unknown = [m for m in self.model_chain if m not in self.models]
+        if unknown:
+            raise ValueError(
+                f"no rerank.models entry for {unknown}: add its prices and thinking setting "
+                f"(known: {sorted(self.models)})"
+            )
+        return self
+
+    @property
+    def model_chain(self) -> tuple[str, ...]:
+        """The primary model, then the fallbacks, in the order they are tried (each once)."""
+        return tuple(dict.fromkeys((self.model, *self.fallback_models)))
 
 
 class ServiceSettings(Section):

@@ -40,6 +40,7 @@ class RerankOutcome:
     fallback_reason: str | None = None  # timeout, quota, overloaded, blocked, invalid_output, breaker_open, ...
     detail: str | None = None
     usage: dict[str, float] = field(default_factory=dict)  # prompt/output tokens, estimated cost
+    model: str | None = None  # the model that answered (a fallback model when the primary was not found)
 
 
 @dataclass
@@ -73,4 +74,5 @@ class SearchResult:
     index_version: str | None = None
     rerank_detail: str | None = None
     rerank_usage: dict[str, float] = field(default_factory=dict)
+    rerank_model: str | None = None
     page: PageInfo = field(default_factory=PageInfo)

@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pandas as pd
 
 from clipsearch.errors import DataFormatError
+from clipsearch.fileio import atomic_path
 from clipsearch.images import is_safe_photo_id
 
 Kind = Literal["photos", "keywords", "collections", "conversions", "colors"]
@@ -160,9 +161,8 @@ class LiteTables:
         written: dict[str, Path] = {}
         for kind, df in self.tables().items():
             path = directory / f"{kind}.parquet"
-            tmp = path.with_name(path.name + ".part")
-            df.to_parquet(tmp, index=False)
-            tmp.replace(path)
+            with atomic_path(path, durable=False) as tmp:
+                df.to_parquet(tmp, index=False)
             written[kind] = path
         return written
 

@@ -49,3 +49,45 @@ resource "aws_ecr_lifecycle_policy" "this" {
     ]
   })
 }
+
+# Every environment's cluster pulls from the ECR of its own account. CI pushes once, to the account it runs
+# against (staging); ECR replicates each pushed image to the registries listed in ecr_replication_destinations
+# (prod), whose registry policy admits this account (ecr_replication_source_account_ids over there).
+resource "aws_ecr_replication_configuration" "this" {
+  count = length(var.ecr_replication_destinations) > 0 ? 1 : 0
+
+  replication_configuration {
+    rule {
+      dynamic "destination" {
+        for_each = var.ecr_replication_destinations
+        content {
+          region      = destination.value.region
+          registry_id = destination.value.registry_id
+        }
+      }
+      repository_filter {
+        filter      = "clipsearch"
+        filter_type = "PREFIX_MATCH"
+      }
+    }
+  }
+}
+
+data "aws_iam_policy_document" "ecr_replication_target" {
+  count = length(var.ecr_replication_source_account_ids) > 0 ? 1 : 0
+
+  statement {
+    sid     = "ReplicationFromSourceAccounts"
+    actions = ["ecr:CreateRepository", "ecr:ReplicateImage"]
+    principals {
+      type        = "AWS"
+      identifiers = [for a in var.ecr_replication_source_account_ids : "arn:${local.partition}:iam::${a}:root"]
+    }
+    resources = ["arn:${local.partition}:ecr:${var.region}:${local.account_id}:repository/clipsearch*"]
+  }
+}
+
+resource "aws_ecr_registry_policy" "replication_target" {
+  count  = length(var.ecr_replication_source_account_ids) > 0 ? 1 : 0
+  policy = data.aws_iam_policy_document.ecr_replication_target[0].json
+}

@@ -1,8 +1,14 @@
 # EKS with two managed node groups:
-#   gpu: AL2023 NVIDIA AMI (driver + container toolkit baked in), label clipsearch.io/node-class=gpu and taint
-#        nvidia.com/gpu=true:NoSchedule, so only pods that ask for a GPU (search service, embed shards) land there.
-#   cpu: everything else (MLflow, drift CronJob, build-index, add-ons, Prometheus).
-# The NVIDIA device plugin (which advertises nvidia.com/gpu) is installed with Helm after apply: docs/DEPLOY.md.
+#   gpu: AL2023 NVIDIA AMI (driver + container toolkit baked in), labels clipsearch.io/node-class=gpu and
+#        nvidia.com/gpu.present=true, taint nvidia.com/gpu=true:NoSchedule, so only pods that ask for a GPU (search
+#        service, embed shards) land there. nvidia.com/gpu.present is the label the NVIDIA device plugin's node
+#        affinity requires (k8s/addons/nvidia-device-plugin/values.yaml); without it the plugin runs nowhere and
+#        no node advertises nvidia.com/gpu.
+#   cpu: everything else (MLflow, drift CronJob, download/build-index, add-ons, Prometheus, deploy runners).
+# Both groups are scaled by the Cluster Autoscaler (k8s/addons/cluster-autoscaler, role in autoscaling.tf), which
+# finds their Auto Scaling groups by the tags EKS puts on managed node groups. Root volumes are sized through the
+# launch template the module builds (the node group's own disk size is ignored when a launch template is used).
+# Add-ons that are not EKS add-ons are installed with Helm from committed values: k8s/addons/install.sh.
 module "eks" {
   # checkov:skip=CKV_TF_1:Registry module pinned to an exact released version (registry versions are immutable); a git commit hash would bypass the registry.
   source  = "terraform-aws-modules/eks/aws"
@@ -34,6 +40,8 @@ module "eks" {
     aws-efs-csi-driver = {
       service_account_role_arn = aws_iam_role.efs_csi.arn
     }
+    # Resource metrics API (metrics.k8s.io): without it the search HPA reads no CPU utilisation and never scales.
+    metrics-server = {}
   }
 
   # The deploy workflow's role (GitHub OIDC) may apply the kustomize overlays.
@@ -59,10 +67,22 @@ module "eks" {
       min_size       = var.gpu_node_count.min
       desired_size   = var.gpu_node_count.desired
       max_size       = var.gpu_node_count.max
-      disk_size      = 100
+
+      block_device_mappings = {
+        root = {
+          device_name = "/dev/xvda" # AL2023 root device
+          ebs = {
+            volume_size           = var.gpu_root_volume_gb
+            volume_type           = "gp3"
+            encrypted             = true
+            delete_on_termination = true
+          }
+        }
+      }
 
       labels = {
         "clipsearch.io/node-class" = "gpu"
+        "nvidia.com/gpu.present"   = "true"
       }
       taints = {
         gpu = {
@@ -79,7 +99,18 @@ module "eks" {
       min_size       = var.cpu_node_count.min
       desired_size   = var.cpu_node_count.desired
       max_size       = var.cpu_node_count.max
-      disk_size      = 50
+
+      block_device_mappings = {
+        root = {
+          device_name = "/dev/xvda"
+          ebs = {
+            volume_size           = var.cpu_root_volume_gb
+            volume_type           = "gp3"
+            encrypted             = true
+            delete_on_termination = true
+          }
+        }
+      }
 
       labels = {
         "clipsearch.io/node-class" = "cpu"

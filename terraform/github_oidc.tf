@@ -17,8 +17,8 @@ data "aws_iam_policy_document" "github_assume" {
     ci = ["repo:${var.github_repository}:ref:refs/heads/main"]
     # deploy.yml jobs run in the GitHub environment named after this stack (protected for prod).
     deploy = ["repo:${var.github_repository}:environment:${var.environment}"]
-    # ml-pipeline.yml runs on main (schedule / manual dispatch).
-    pipeline = ["repo:${var.github_repository}:ref:refs/heads/main"]
+    # ml-pipeline.yml's jobs run in the GitHub environment of this stack (staging builds, prod promotes).
+    pipeline = ["repo:${var.github_repository}:environment:${var.environment}"]
   }
 
   statement {
@@ -82,7 +82,8 @@ data "aws_iam_policy_document" "github_deploy" {
   }
 }
 
-# pipeline: DVC remote read/write (the GPU runner reaches MLflow in-cluster).
+# pipeline: DVC remote read/write (the in-VPC runner reaches MLflow in-cluster); where this environment
+# promotes from another one (dvc_source_remote), read access to that remote and its key as well.
 data "aws_iam_policy_document" "github_pipeline" {
   statement {
     sid       = "Dvc"
@@ -93,6 +94,22 @@ data "aws_iam_policy_document" "github_pipeline" {
     sid       = "Kms"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.data.arn]
+  }
+  dynamic "statement" {
+    for_each = var.dvc_source_remote == null ? [] : [var.dvc_source_remote]
+    content {
+      sid       = "SourceDvcRead"
+      actions   = ["s3:GetObject", "s3:ListBucket"]
+      resources = [statement.value.bucket_arn, "${statement.value.bucket_arn}/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = var.dvc_source_remote == null ? [] : [var.dvc_source_remote]
+    content {
+      sid       = "SourceDvcKms"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value.kms_key_arn]
+    }
   }
 }
 

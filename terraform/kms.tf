@@ -29,6 +29,25 @@ data "aws_iam_policy_document" "kms" {
       identifiers = ["logs.${var.region}.amazonaws.com"]
     }
   }
+
+  dynamic "statement" {
+    # Readers of the DVC remote in other accounts decrypt its objects (the bucket policy in s3.tf admits them).
+    for_each = length(var.dvc_remote_reader_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "CrossAccountDvcDecrypt"
+      actions   = ["kms:Decrypt", "kms:DescribeKey"]
+      resources = ["*"]
+      principals {
+        type        = "AWS"
+        identifiers = var.dvc_remote_reader_role_arns
+      }
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["s3.${var.region}.amazonaws.com"]
+      }
+    }
+  }
 }
 
 resource "aws_kms_key" "data" {

@@ -28,4 +28,7 @@ locals {
   search_service_account   = "system:serviceaccount:clipsearch:clipsearch-search"
   pipeline_service_account = "system:serviceaccount:clipsearch:clipsearch-pipeline"
   mlflow_service_account   = "system:serviceaccount:mlflow:mlflow"
+
+  # The dedicated PostgreSQL role of the MLflow server (created by the mlflow-db-bootstrap Job).
+  mlflow_db_user = "mlflow_app"
 }

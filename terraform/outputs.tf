@@ -39,8 +39,23 @@ output "mlflow_db_endpoint" {
 }
 
 output "mlflow_db_master_secret_arn" {
-  description = "Secrets Manager ARN holding the RDS-managed master credentials (username/password JSON)."
+  description = "Secrets Manager ARN of the RDS-managed (rotated) master credentials: the ExternalSecret mlflow-db-admin of the bootstrap Job (k8s/overlays/<env>/kustomization.yaml)."
   value       = aws_db_instance.mlflow.master_user_secret[0].secret_arn
+}
+
+output "mlflow_db_secret_name" {
+  description = "Secrets Manager name of the dedicated MLflow database user's credentials (ExternalSecret mlflow-db)."
+  value       = aws_secretsmanager_secret.mlflow_db.name
+}
+
+output "dvc_remote_bucket_arn" {
+  description = "ARN of the DVC remote bucket: dvc_source_remote.bucket_arn of an environment that promotes from this one."
+  value       = aws_s3_bucket.dvc.arn
+}
+
+output "kms_key_arn" {
+  description = "ARN of the project's KMS key: dvc_source_remote.kms_key_arn of an environment that promotes from this one."
+  value       = aws_kms_key.data.arn
 }
 
 output "gemini_secret_arn" {

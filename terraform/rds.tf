@@ -1,6 +1,7 @@
 # MLflow backend store: PostgreSQL in the database subnets (no route to the internet), reachable only from
-# the EKS nodes. The master password is generated and kept by RDS in Secrets Manager (never in Terraform
-# state); docs/DEPLOY.md builds the `mlflow-backend` Kubernetes Secret from it.
+# the EKS nodes. The master password is generated, kept and rotated (every 7 days) by RDS in Secrets Manager
+# (never in Terraform state); only the mlflow-db-bootstrap Job uses it, to create the dedicated MLflow user
+# (secrets.tf) that the MLflow server connects as.
 resource "aws_security_group" "rds" {
   name        = "${local.name}-mlflow-db"
   description = "PostgreSQL from the EKS nodes to the MLflow database"
@@ -65,7 +66,7 @@ resource "aws_db_instance" "mlflow" {
   instance_class = var.rds_instance_class
 
   db_name  = "mlflow"
-  username = "mlflow"
+  username = "mlflow_admin" # master user: bootstrap only; MLflow connects as local.mlflow_db_user
   # RDS generates the password and stores it in Secrets Manager, encrypted with the project key.
   manage_master_user_password   = true
   master_user_secret_kms_key_id = aws_kms_key.data.arn

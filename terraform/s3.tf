@@ -133,6 +133,20 @@ data "aws_iam_policy_document" "tls_only" {
   }
 
   dynamic "statement" {
+    # Other environments' pipeline roles read the DVC remote (prod registers staging's evaluated index).
+    for_each = each.key == "dvc" && length(var.dvc_remote_reader_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "CrossAccountDvcRead"
+      actions   = ["s3:GetObject", "s3:ListBucket"]
+      resources = [each.value.arn, "${each.value.arn}/*"]
+      principals {
+        type        = "AWS"
+        identifiers = var.dvc_remote_reader_role_arns
+      }
+    }
+  }
+
+  dynamic "statement" {
     # The log bucket accepts server access logs from the data buckets of this account.
     for_each = each.key == "logs" ? [1] : []
     content {

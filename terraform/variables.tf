@@ -42,9 +42,9 @@ variable "availability_zone_suffixes" {
 }
 
 variable "kubernetes_version" {
-  description = "EKS Kubernetes version. The manifests in k8s/ are validated against this version in tests/infra."
+  description = "EKS Kubernetes version. Must be in EKS standard support (terraform/data/eks-versions.yaml; tests/infra checks it on the day they run); the manifests in k8s/ are validated against this version."
   type        = string
-  default     = "1.33"
+  default     = "1.35"
 
   validation {
     condition     = can(regex("^1\\.(3[0-9])$", var.kubernetes_version))
@@ -64,18 +64,18 @@ variable "cluster_endpoint_public_access_cidrs" {
 }
 
 variable "gpu_instance_types" {
-  description = "Instance types of the GPU node group (one NVIDIA GPU each, e.g. g6.xlarge with an L4, g5.xlarge with an A10G)."
+  description = "Instance types of the GPU node group (one NVIDIA GPU each, e.g. g6.xlarge with an L4, g5.xlarge with an A10G). The image is CUDA 13, which needs compute capability >= 7.5 (Turing or newer): no p3 (Volta). Every workload must fit the smallest type listed (terraform/data/instance-types.yaml)."
   type        = list(string)
   default     = ["g6.xlarge", "g5.xlarge"]
 
   validation {
-    condition     = length(var.gpu_instance_types) > 0 && alltrue([for t in var.gpu_instance_types : can(regex("^(g4dn|g5|g6|g6e|p3|p4d|p5)\\.", t))])
-    error_message = "gpu_instance_types must list NVIDIA GPU instance types (g4dn, g5, g6, g6e, p3, p4d, p5)."
+    condition     = length(var.gpu_instance_types) > 0 && alltrue([for t in var.gpu_instance_types : can(regex("^(g4dn|g5|g6|g6e|p4d|p5)\\.", t))])
+    error_message = "gpu_instance_types must list NVIDIA GPU instance types the CUDA 13 image supports (g4dn, g5, g6, g6e, p4d, p5; not p3: Volta is not supported by CUDA 13)."
   }
 }
 
 variable "gpu_node_count" {
-  description = "Minimum, desired and maximum size of the GPU node group. The search HPA scales to 5 replicas of 1 GPU each."
+  description = "Minimum, desired and maximum size of the GPU node group (one GPU per node). The Cluster Autoscaler scales between min and max; max must hold the search HPA's maxReplicas plus the rollout surge (tests/infra)."
   type = object({
     min     = number
     desired = number
@@ -185,4 +185,87 @@ variable "tags" {
   description = "Extra tags for every resource (merged over project/environment tags)."
   type        = map(string)
   default     = {}
+}
+
+variable "gpu_root_volume_gb" {
+  description = "Root EBS volume of each GPU node in GiB, set through the node group's launch template (disk_size is ignored when the EKS module builds a launch template). The ~10 GB CUDA image is stored compressed and unpacked, twice during a rollout to a new tag."
+  type        = number
+  default     = 150
+
+  validation {
+    condition     = var.gpu_root_volume_gb >= 100 && var.gpu_root_volume_gb <= 1000
+    error_message = "gpu_root_volume_gb must be between 100 and 1000 (the GPU image alone unpacks to ~20 GB per tag)."
+  }
+}
+
+variable "cpu_root_volume_gb" {
+  description = "Root EBS volume of each CPU node in GiB, set through the node group's launch template."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.cpu_root_volume_gb >= 30 && var.cpu_root_volume_gb <= 1000
+    error_message = "cpu_root_volume_gb must be between 30 and 1000."
+  }
+}
+
+variable "ecr_replication_destinations" {
+  description = "Registries this account's ECR replicates every clipsearch* repository to (the account CI pushes to lists the other environments' accounts). Each destination account must list this account in ecr_replication_source_account_ids."
+  type = list(object({
+    region      = string
+    registry_id = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for d in var.ecr_replication_destinations : can(regex("^[0-9]{12}$", d.registry_id)) && can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", d.region))])
+    error_message = "Each destination needs a 12-digit registry_id (AWS account ID) and a region such as eu-west-1."
+  }
+}
+
+variable "ecr_replication_source_account_ids" {
+  description = "AWS accounts allowed to replicate images into this account's ECR (the account CI pushes to)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.ecr_replication_source_account_ids : can(regex("^[0-9]{12}$", a))])
+    error_message = "ecr_replication_source_account_ids must be 12-digit AWS account IDs."
+  }
+}
+
+variable "dvc_remote_reader_role_arns" {
+  description = "IAM roles of other accounts that may read this account's DVC remote (prod's pipeline role reads staging's evaluated index and data to register them in prod's MLflow)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.dvc_remote_reader_role_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", a))])
+    error_message = "dvc_remote_reader_role_arns must be IAM role ARNs."
+  }
+}
+
+variable "dvc_source_remote" {
+  description = "The DVC remote this environment promotes from (bucket ARN and the KMS key ARN of its objects), read by this account's pipeline role; null where the pipeline builds the index itself."
+  type = object({
+    bucket_arn  = string
+    kms_key_arn = string
+  })
+  default = null
+
+  validation {
+    condition     = var.dvc_source_remote == null || (can(regex("^arn:aws[a-z-]*:s3:::[a-z0-9.-]+$", var.dvc_source_remote.bucket_arn)) && can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+$", var.dvc_source_remote.kms_key_arn)))
+    error_message = "dvc_source_remote needs an S3 bucket ARN and a KMS key ARN."
+  }
+}
+
+variable "mlflow_db_password_version" {
+  description = "Bump to generate and store a new password for the dedicated MLflow database user (write-only: the password never enters the plan or the state); then re-run the mlflow-db-bootstrap Job (docs/DEPLOY.md)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.mlflow_db_password_version >= 1 && floor(var.mlflow_db_password_version) == var.mlflow_db_password_version
+    error_message = "mlflow_db_password_version must be a positive integer."
+  }
 }

@@ -56,6 +56,28 @@ def fixture_server(unsplash_fixture_server: ServedFixture) -> Iterator[ServedFix
     unsplash_fixture_server.server.reset()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One ONNX text-tower cache (`CLIPSEARCH_MODEL__ONNX_CACHE_DIR`) for every encoder of the session and its child processes.
+
+    `model.text_backend: auto` runs the text tower in ONNX Runtime on CPU, exported once per weights: shared, the
+    tiny model is exported once, not once per test or per service. Kept across sessions under
+    `$CLIPSEARCH_TEST_CACHE/onnx` (else ~/.cache/clipsearch-tests/onnx); on CI without a cache dir, a temp dir.
+    """
+    from clipsearch.onnx_text import CACHE_ENV as ONNX_CACHE_ENV
+    from tests.fixtures.tiny_clip import CACHE_ENV, default_cache_dir
+
+    fresh = bool(os.environ.get("CI")) and not os.environ.get(CACHE_ENV)
+    cache = tmp_path_factory.mktemp("onnx-cache") if fresh else default_cache_dir() / "onnx"
+    previous = os.environ.get(ONNX_CACHE_ENV)
+    os.environ[ONNX_CACHE_ENV] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop(ONNX_CACHE_ENV, None)
+    else:
+        os.environ[ONNX_CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_settings():
     """ModelSettings for the test-only `clipsearch-tiny` CLIP with fixed-seed random weights, on CPU in fp32."""

@@ -1,9 +1,9 @@
 """DVC stage `build_index`: merge the embed stage's feature chunks into one verified index artifact.
 
-Reads `data/features/chunk-<j:06d>.npz` (vectors, ids, model, optional skipped_ids; see docs/ARCHITECTURE.md),
-refuses an incomplete or mixed set (a shard still running, a chunk from another model, a dataset that changed
-under the features), joins photo metadata from `data/lite/photos.parquet` (display and filter columns), the
-colour table from `colors.parquet`, builds the BM25 keyword index from photos + machine keywords of
+Reads the embed stage's chunks with `clipsearch.features` (the one definition of their format and of the photo
+list they slice), refuses an incomplete or mixed set (a shard still running, a chunk from another model, a dataset
+that changed under the features), joins photo metadata from `data/lite/photos.parquet` (display and filter
+columns), the colour table from `colors.parquet`, builds the BM25 keyword index from photos + machine keywords of
 `keywords.parquet` (never conversions, never user-confirmed keywords: see clipsearch.index.keyword), and writes
 the artifact to `index.output_dir` atomically. Usage: `python -m training.build_index` (settings from params.yaml / env).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +20,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from clipsearch.cli_support import configure_logging, run_cli
 from clipsearch.errors import ArtifactError, DataFormatError
+from clipsearch.features import (
+    FeatureChunk,
+    chunk_count,
+    chunk_name,
+    chunk_number,
+    chunk_slice,
+    list_chunks,
+    photos_with_images,
+    read_chunk,
+)
 from clipsearch.identity import ModelIdentity
-from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.index.artifact import Manifest, write_artifact
 from clipsearch.index.keyword import PHOTO_TEXT_COLUMNS, KeywordIndex, keyword_documents
 from clipsearch.settings import Settings, get_settings
 
 log = logging.getLogger("training.build_index")
 
-CHUNK_NAME = re.compile(r"^chunk-(\d{6,})\.npz$")  # 6 digits, more past chunk 999999
 EMBED_HINT = "run `dvc repro embed` (or wait for every embed shard to finish) and build again"
 
 
@@ -49,56 +55,29 @@ class Features:
     n_chunks: int = 0
 
 
-def expected_photo_ids(photos: pd.DataFrame, images_dir: Path) -> list[str]:
-    """The photo_id-sorted list of photos that have an image on disk: the list chunk j slices."""
-    ids = sorted({str(p) for p in photos["photo_id"].dropna().tolist()})
-    return [p for p in ids if is_safe_photo_id(p) and image_path(images_dir, p).is_file()]
-
-
-def chunk_files(features_dir: Path) -> dict[int, Path]:
-    """chunk index -> path for every `chunk-NNNNNN.npz` (temporary and other files are ignored)."""
+def _chunk_files(features_dir: Path) -> dict[int, Path]:
+    """chunk index -> path for every complete chunk file (`.part` and other files are ignored)."""
     if not features_dir.is_dir():
         raise ArtifactError(f"{features_dir} does not exist: no features to index; {EMBED_HINT}")
-    found = {}
-    for path in features_dir.iterdir():
-        match = CHUNK_NAME.match(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
+    return {number: path for path in list_chunks(features_dir) if (number := chunk_number(path)) is not None}
 
 
-def _read_chunk(path: Path) -> tuple[np.ndarray, list[str], ModelIdentity, list[str]]:
+def _read_chunk(path: Path) -> FeatureChunk:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            vectors = np.asarray(npz["vectors"], dtype=np.float32)
-            ids = [str(i) for i in npz["ids"].tolist()]
-            model_json = str(npz["model"].item() if npz["model"].ndim == 0 else npz["model"][0])
-            skipped = [str(i) for i in npz["skipped_ids"].tolist()] if "skipped_ids" in npz.files else []
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise ArtifactError(
-            f"{path} is unreadable or lacks vectors/ids/model ({exc}); delete it and {EMBED_HINT}"
-        ) from exc
-    try:
-        model = ModelIdentity.model_validate_json(model_json)
-    except ValidationError as exc:
-        raise ArtifactError(f"{path}: `model` is not a ModelIdentity JSON ({exc}); delete it and {EMBED_HINT}") from exc
-    if vectors.ndim != 2 or vectors.shape != (len(ids), model.dim):
-        raise ArtifactError(
-            f"{path}: vectors have shape {vectors.shape} for {len(ids)} ids of a {model.dim}-d model; "
-            f"delete it and {EMBED_HINT}"
-        )
-    return vectors, ids, model, skipped
+        return read_chunk(path)
+    except DataFormatError as exc:
+        raise ArtifactError(f"{exc}; delete it and {EMBED_HINT}") from exc
 
 
 def load_features(features_dir: Path, expected_ids: list[str], chunk_size: int) -> Features:
     """Read and merge every chunk, checking it is exactly the expected photos in order, from one model."""
     if not expected_ids:
         raise ArtifactError("no photo has an image on disk, so there is nothing to index; run `dvc repro download`")
-    files = chunk_files(features_dir)
-    n_chunks = math.ceil(len(expected_ids) / chunk_size)
+    files = _chunk_files(features_dir)
+    n_chunks = chunk_count(len(expected_ids), chunk_size)
     missing = [j for j in range(n_chunks) if j not in files]
     if missing:
-        names = ", ".join(f"chunk-{j:06d}.npz" for j in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        names = ", ".join(chunk_name(j) for j in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ArtifactError(
             f"{features_dir} lacks {len(missing)} of {n_chunks} chunks ({names}) for {len(expected_ids)} photos "
             f"at chunk_size {chunk_size}; {EMBED_HINT}"
@@ -107,7 +86,7 @@ def load_features(features_dir: Path, expected_ids: list[str], chunk_size: int) 
     if extra:
         raise ArtifactError(
             f"{features_dir} holds chunks beyond the {n_chunks} that {len(expected_ids)} photos need "
-            f"(e.g. chunk-{extra[0]:06d}.npz): the features are from another dataset or chunk_size; "
+            f"(e.g. {chunk_name(extra[0])}): the features are from another dataset or chunk_size; "
             f"delete {features_dir} and {EMBED_HINT}"
         )
 
@@ -117,21 +96,17 @@ def load_features(features_dir: Path, expected_ids: list[str], chunk_size: int) 
     model: ModelIdentity | None = None
     for j in tqdm(range(n_chunks), desc="read features", unit="chunk"):
         path = files[j]
-        vectors, chunk_ids, chunk_model, chunk_skipped = _read_chunk(path)
+        chunk = _read_chunk(path)
         if model is None:
-            model = chunk_model
-        elif chunk_model != model:
+            model = chunk.model
+        elif chunk.model != model:
             raise ArtifactError(
-                f"{path} was embedded with {chunk_model.describe()} but chunk-000000.npz with {model.describe()}; "
+                f"{path} was embedded with {chunk.model.describe()} but {chunk_name(0)} with {model.describe()}; "
                 f"all chunks must come from one model: delete {features_dir} and {EMBED_HINT}"
             )
-        want = expected_ids[j * chunk_size : (j + 1) * chunk_size]
-        covered = set(chunk_ids) | set(chunk_skipped)
-        if (
-            sorted(covered) != want
-            or len(covered) != len(chunk_ids) + len(chunk_skipped)
-            or chunk_ids != sorted(chunk_ids)
-        ):
+        want = chunk_slice(expected_ids, j, chunk_size)
+        if not chunk.covers_exactly(want):
+            covered = set(chunk.covered)
             missing_ids = sorted(set(want) - covered)[:3]
             unexpected = sorted(covered - set(want))[:3]
             raise ArtifactError(
@@ -139,9 +114,9 @@ def load_features(features_dir: Path, expected_ids: list[str], chunk_size: int) 
                 f"photo_id-sorted photos with images (missing e.g. {missing_ids}, unexpected e.g. {unexpected}); "
                 f"the images or photos changed since embedding: delete it and {EMBED_HINT}"
             )
-        parts.append(vectors)
-        ids.extend(chunk_ids)
-        skipped.extend(chunk_skipped)
+        parts.append(chunk.vectors)
+        ids.extend(chunk.ids)
+        skipped.extend(chunk.skipped_ids)
     assert model is not None  # n_chunks >= 1 because expected_ids is not empty
     return Features(vectors=np.concatenate(parts), ids=ids, model=model, skipped=skipped, n_chunks=n_chunks)
 
@@ -269,7 +244,7 @@ def build(settings: Settings) -> BuildResult:
     except FileNotFoundError as exc:
         raise DataFormatError(f"{photos_path} is missing; run `dvc repro download` first") from exc
     version = dataset_version(data_dir / "lite" / "dataset.json")
-    expected = expected_photo_ids(photos, data_dir / "images")
+    expected = photos_with_images(photos["photo_id"], data_dir / "images")
     features = load_features(settings.embed.features_dir, expected, settings.embed.chunk_size)
     if features.skipped:
         log.warning(

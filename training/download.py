@@ -32,7 +32,8 @@ from pydantic import ValidationError
 
 from clipsearch.cli_support import configure_logging, run_cli
 from clipsearch.errors import ConfigError, DownloadError
-from clipsearch.images import PART_SUFFIX, image_path
+from clipsearch.fileio import PART_SUFFIX, write_atomic
+from clipsearch.images import image_path
 from clipsearch.settings import DatasetSettings, Settings, get_settings
 from clipsearch.unsplash import LiteTables, list_shards, photo_image_url, read_lite
 from training.fetch import ImageBatchResult, ImageJob, RetryPolicy, fetch_images, fetch_zip, sha256_file
@@ -301,10 +302,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n", durable=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

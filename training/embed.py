@@ -3,15 +3,13 @@
     python -m training.embed [--shard i/N]
 
 Reads `<data_dir>/lite/photos.parquet` (column `photo_id`) and `<data_dir>/images/<photo_id>.jpg`; writes
-`<features_dir>/chunk-<j:06d>.npz` (see docs/ARCHITECTURE.md). Chunk j holds the photos
-`[j*chunk_size, (j+1)*chunk_size)` of the photo_id-sorted list of photos that have an image file, so the split
-depends only on the data: N workers (`--shard i/N`, a Kubernetes Indexed Job) share one directory, worker i
-writes the chunks with `j % N == i`, and any of them can stop and start again.
+`<features_dir>/chunk-<j:06d>.npz` in the format `clipsearch.features` defines (names, members, format version,
+atomic write, and the photo list chunk j slices). The split depends only on the data: N workers
+(`--shard i/N`, a Kubernetes Indexed Job) share one directory, worker i writes the chunks with `j % N == i`,
+and any of them can stop and start again.
 
-Each chunk file holds `vectors` (float32, L2-normalised), `ids` (the photos embedded, in order), `skipped_ids`
-(photos whose file would not decode: logged and left out on purpose, so build_index does not look for them)
-and `model` (the ModelIdentity JSON). A chunk is written to `.part` and renamed, so a file that exists is
-complete. On a re-run a chunk is skipped when it loads, covers exactly its photos and was made by this model;
+Photos whose file would not decode are logged and recorded as `skipped_ids`, so build_index does not look for
+them. On a re-run a chunk is skipped when it loads, covers exactly its photos and was made by this model;
 a chunk made by another model stops the stage: mixing vectors of two models would make a silently broken index.
 
 Image decoding runs in DataLoader worker processes (`model.num_workers`) that stay a few batches ahead of the
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -33,21 +30,32 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from pydantic import ValidationError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from clipsearch.cli_support import configure_logging, run_cli
-from clipsearch.encoder import ClipEncoder, ImageTransform
+from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, DataFormatError
+from clipsearch.features import (
+    CHUNK_PART_GLOB,
+    FeatureChunk,
+    chunk_count,
+    chunk_number,
+    chunk_path,
+    list_chunks,
+    part_chunk_number,
+    photos_with_images,
+    read_chunk,
+    read_chunk_model,
+    write_chunk,
+)
 from clipsearch.identity import ModelIdentity
-from clipsearch.images import IMAGE_SUFFIX, PART_SUFFIX, is_safe_photo_id
+from clipsearch.images import image_path
 from clipsearch.settings import Settings, get_settings
+from clipsearch.visual import ImageTransform
 
 log = logging.getLogger(__name__)
 
-CHUNK_GLOB = "chunk-*.npz"
-_CHUNK_NAME = re.compile(r"^chunk-(\d{6,})\.npz$")
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 PREFETCH_BATCHES_PER_WORKER = 4
 
@@ -82,79 +90,6 @@ def parse_shard(text: str) -> Shard:
 
 
 # --------------------------------------------------------------------------------------------- chunk files
-@dataclass(frozen=True)
-class FeatureChunk:
-    """One chunk file: the vectors of `ids`, the photos deliberately left out, and the model that made them."""
-
-    vectors: np.ndarray
-    ids: list[str]
-    skipped_ids: list[str]
-    model: ModelIdentity
-
-    @property
-    def covered(self) -> list[str]:
-        """Every photo this chunk accounts for, embedded or skipped, in photo_id order."""
-        return sorted([*self.ids, *self.skipped_ids])
-
-
-def chunk_path(features_dir: Path, chunk: int) -> Path:
-    return features_dir / f"chunk-{chunk:06d}.npz"
-
-
-def chunk_number(path: Path) -> int | None:
-    match = _CHUNK_NAME.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-def list_chunks(features_dir: Path) -> list[Path]:
-    """The complete chunk files in `features_dir`, in chunk order (`.part` files are never listed)."""
-    found = [p for p in features_dir.glob(CHUNK_GLOB) if chunk_number(p) is not None]
-    return sorted(found, key=lambda p: chunk_number(p) or 0)
-
-
-def read_chunk_model(path: Path) -> ModelIdentity:
-    """Only the model identity of a chunk (npz members load lazily, so this skips the vectors)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return ModelIdentity.model_validate_json(str(data["model"]))
-    except (OSError, ValueError, KeyError, ValidationError) as exc:
-        raise DataFormatError(f"{path} is not a readable feature chunk ({type(exc).__name__}: {exc})") from exc
-
-
-def read_chunk(path: Path) -> FeatureChunk:
-    """Load and check one chunk file; DataFormatError when it is unreadable or inconsistent."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            vectors = np.asarray(data["vectors"], dtype=np.float32)
-            ids = [str(x) for x in data["ids"]]
-            skipped = [str(x) for x in data["skipped_ids"]]
-            model = ModelIdentity.model_validate_json(str(data["model"]))
-    except (OSError, ValueError, KeyError, ValidationError) as exc:
-        raise DataFormatError(f"{path} is not a readable feature chunk ({type(exc).__name__}: {exc})") from exc
-    if vectors.ndim != 2 or vectors.shape != (len(ids), model.dim):
-        raise DataFormatError(
-            f"{path}: vectors have shape {vectors.shape}, expected ({len(ids)}, {model.dim}); delete the file "
-            "and run the embed stage again."
-        )
-    return FeatureChunk(vectors=vectors, ids=ids, skipped_ids=skipped, model=model)
-
-
-def write_chunk(path: Path, chunk: FeatureChunk) -> None:
-    """Write `<path>.part` (fsynced), then rename over `path`: a chunk file that exists is complete."""
-    part = path.with_name(path.name + PART_SUFFIX)
-    with part.open("wb") as fh:
-        np.savez(
-            fh,
-            vectors=np.ascontiguousarray(chunk.vectors, dtype=np.float32).reshape(len(chunk.ids), chunk.model.dim),
-            ids=np.asarray(chunk.ids, dtype=np.str_),
-            skipped_ids=np.asarray(chunk.skipped_ids, dtype=np.str_),
-            model=np.asarray(chunk.model.model_dump_json(), dtype=np.str_),
-        )
-        fh.flush()
-        os.fsync(fh.fileno())
-    part.replace(path)
-
-
 def foreign_chunks(features_dir: Path, identity: ModelIdentity) -> list[tuple[Path, ModelIdentity]]:
     """Readable chunks in the directory made by another model (unreadable ones get redone anyway)."""
     foreign: list[tuple[Path, ModelIdentity]] = []
@@ -208,8 +143,8 @@ class ChunkPlan:
     photo_ids: list[str]
 
 
-def photos_with_images(photos_parquet: Path, images_dir: Path) -> list[str]:
-    """photo_ids from the photos table that have an image file, sorted (the order chunks are cut from)."""
+def photo_ids_with_images(photos_parquet: Path, images_dir: Path) -> list[str]:
+    """`clipsearch.features.photos_with_images` over the photos table's photo_id column (the order chunks are cut from)."""
     if not photos_parquet.is_file():
         raise DataFormatError(f"{photos_parquet} does not exist: run the download stage first (dvc repro download).")
     try:
@@ -219,12 +154,7 @@ def photos_with_images(photos_parquet: Path, images_dir: Path) -> list[str]:
             f"{photos_parquet} has no readable photo_id column ({type(exc).__name__}: {exc}); "
             "re-run the download stage."
         ) from exc
-    if not images_dir.is_dir():
-        raise DataFormatError(f"{images_dir} does not exist: run the download stage first (dvc repro download).")
-    with os.scandir(images_dir) as entries:
-        on_disk = {e.name for e in entries if e.name.endswith(IMAGE_SUFFIX)}
-    ids = {str(p) for p in photos["photo_id"].dropna()}
-    return sorted(p for p in ids if is_safe_photo_id(p) and f"{p}{IMAGE_SUFFIX}" in on_disk)
+    return photos_with_images(photos["photo_id"], images_dir)
 
 
 def plan_chunks(photo_ids: Sequence[str], chunk_size: int, shard: Shard) -> list[ChunkPlan]:
@@ -250,7 +180,7 @@ def is_done(path: Path, plan: ChunkPlan, identity: ModelIdentity) -> bool:
             f"{path} was made by {chunk.model.describe()}, not {identity.describe()}: delete {path.parent} "
             "or use the model that made it."
         )
-    if chunk.covered != plan.photo_ids:
+    if not chunk.covers_exactly(plan.photo_ids):
         log.info("%s covers other photos than now (the image set changed); embedding it again", path.name)
         return False
     return True
@@ -264,8 +194,8 @@ def remove_stale_chunks(features_dir: Path, n_chunks: int, shard: Shard) -> list
         if number is not None and number >= n_chunks and shard.owns(number):
             path.unlink()
             removed.append(path)
-    for part in features_dir.glob(f"chunk-*.npz{PART_SUFFIX}"):
-        number = chunk_number(part.with_name(part.name.removesuffix(PART_SUFFIX)))
+    for part in features_dir.glob(CHUNK_PART_GLOB):
+        number = part_chunk_number(part)
         if number is not None and shard.owns(number):
             part.unlink(missing_ok=True)
     return removed
@@ -294,12 +224,6 @@ class ImageFiles(Dataset[tuple[torch.Tensor, bool, str]]):
                 return self.preprocess(image), True, ""
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             return torch.zeros(self.shape), False, f"{type(exc).__name__}: {exc}"
-
-
-def _input_shape(encoder: ClipEncoder) -> tuple[int, int, int]:
-    size = encoder.model.visual.preprocess_cfg["size"]
-    height, width = (size, size) if isinstance(size, int) else size
-    return (3, int(height), int(width))
 
 
 # --------------------------------------------------------------------------------------------- the stage
@@ -379,9 +303,9 @@ def embed(
     started = time.perf_counter()
     data_dir = settings.dataset.data_dir
     features_dir = settings.embed.features_dir
-    photo_ids = photos_with_images(data_dir / "lite" / "photos.parquet", data_dir / "images")
+    photo_ids = photo_ids_with_images(data_dir / "lite" / "photos.parquet", data_dir / "images")
     chunk_size = settings.embed.chunk_size
-    n_chunks = -(-len(photo_ids) // chunk_size)
+    n_chunks = chunk_count(len(photo_ids), chunk_size)
     plans = plan_chunks(photo_ids, chunk_size, shard)
     summary = EmbedSummary(shard=shard, chunks_planned=len(plans))
     if not photo_ids:
@@ -411,7 +335,9 @@ def embed(
 
     order = [photo_id for plan in pending for photo_id in plan.photo_ids]
     images_dir = data_dir / "images"
-    dataset = ImageFiles([images_dir / f"{p}{IMAGE_SUFFIX}" for p in order], encoder.preprocess, _input_shape(encoder))
+    dataset = ImageFiles(
+        [image_path(images_dir, p) for p in order], encoder.preprocess, encoder.image_backend.input_shape
+    )
     workers = settings.model.num_workers
     loader = DataLoader(
         dataset,

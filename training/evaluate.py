@@ -30,6 +30,7 @@ from clipsearch.cli_support import run_cli
 from clipsearch.encoder import ClipEncoder
 from clipsearch.engine import SearchEngine, load_engine
 from clipsearch.errors import DataFormatError
+from clipsearch.images import image_path
 from clipsearch.lineage import dataset_lineage
 from clipsearch.metrics import evaluate_rankings, latency_summary
 from clipsearch.query import Query, SearchMode
@@ -116,7 +117,7 @@ def results_grid(engine: SearchEngine, queries: list[str], images_dir: Path, out
         y = pad + row * (GRID_THUMB + pad)
         draw.text((pad, y + GRID_THUMB // 2 - 6), query[:40], fill="black")
         for col, ranked in enumerate(engine.search_text(query, k=k, candidates=max(k, 10), rerank=False).results):
-            path = images_dir / f"{ranked.candidate.photo_id}.jpg"
+            path = image_path(images_dir, ranked.candidate.photo_id)
             x = label_w + col * (GRID_THUMB + pad)
             if path.is_file():
                 with Image.open(path) as img:

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from clipsearch import __version__
 from clipsearch.errors import DownloadError
-from clipsearch.images import ImageDecodeError, decode_image, is_valid_image_file, write_atomic
+from clipsearch.fileio import write_atomic
+from clipsearch.images import ImageDecodeError, decode_image, is_valid_image_file
 
 log = logging.getLogger(__name__)
 

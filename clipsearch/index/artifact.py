@@ -23,11 +23,7 @@ import io
 import json
 import logging
 import math
-import os
-import shutil
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +35,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from clipsearch.errors import ArtifactError
+from clipsearch.fileio import atomic_directory
 from clipsearch.identity import ModelIdentity
 from clipsearch.index.filters import COLOR_COLUMNS, FILTER_COLUMNS, MISSING_TIME, PhotoAttributes, Selection
 from clipsearch.index.keyword import KeywordIndex
@@ -352,47 +349,9 @@ def _validate_reference(embeddings: npt.ArrayLike, dim: int) -> np.ndarray:
 
 def _publish(out_dir: Path, files: Mapping[str, bytes]) -> None:
     """Write `files` into a temp sibling of `out_dir`, fsync, then swap it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         for name, data in files.items():
-            with (tmp / name).open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        with _swapped_out(out_dir, old):
-            tmp.rename(out_dir)
-        _fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-@contextmanager
-def _swapped_out(out_dir: Path, old: Path) -> Iterator[None]:
-    """Move an existing `out_dir` aside for the duration of the block; put it back if the block fails."""
-    had_old = out_dir.exists() or out_dir.is_symlink()
-    if had_old:
-        out_dir.rename(old)
-    try:
-        yield
-    except BaseException:
-        if had_old and not out_dir.exists():
-            old.rename(out_dir)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            (tmp / name).write_bytes(data)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -24,8 +24,8 @@ class CircuitBreaker:
     """Consecutive-failure breaker with a single half-open trial.
 
     Protocol: call `allow()` before the protected call; if it returned True, report the result with exactly
-    one of `record_success()` or `record_failure()` (also when the call was abandoned), so a half-open trial
-    is never left dangling.
+    one of `record_success()`, `record_failure()` or `release_trial()` (also when the call was abandoned), so a
+    half-open trial is never left dangling.
     """
 
     def __init__(
@@ -88,6 +88,11 @@ class CircuitBreaker:
         with self._lock:
             self._failures = 0
             self._opened_at = None
+            self._trial_in_flight = False
+
+    def release_trial(self) -> None:
+        """The call ended without evidence either way (e.g. a 429 for a model on trial): free the trial slot."""
+        with self._lock:
             self._trial_in_flight = False
 
     def record_failure(self) -> None:

@@ -6,9 +6,16 @@ only thing a model (or text smuggled into a query) can change is the order of th
 
 Everything that can go wrong with a remote model is an expected outcome, not an exception: the re-ranker
 falls back to CLIP order and says why (`timeout`, `quota`, `overloaded`, `blocked`, `invalid_output`,
-`breaker_open`, `error`), so a search never fails or stalls because Gemini did. The budget covers the
-whole call, retries included: each attempt runs on a bounded worker pool and is waited for only until the
-deadline, because an HTTP read timeout alone does not bound a slow server that trickles bytes.
+`breaker_open`, `model_unavailable`, `error`), so a search never fails or stalls because Gemini did. The budget
+covers the whole call, retries included: each attempt runs on a bounded worker pool and is waited for only
+until the deadline, because an HTTP read timeout alone does not bound a slow server that trickles bytes.
+
+Models are retired on Google's schedule, so a retired model is an outcome too. A 404 (or an answer that says
+the model is no longer available) marks the model unavailable for `rerank.model_unavailable_hold_s` (a
+per-model circuit breaker held open for that long, then one trial call), and the same request goes on with
+the next of `rerank.fallback_models` within the same budget. 429 and 5xx are load, not retirement: they are
+retried on the same model and never move to a fallback. Each model's request carries only the fields that
+model accepts (its `rerank.models` profile: thinking level or budget, temperature, media resolution).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import unicodedata
@@ -34,10 +42,10 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
 from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
-from clipsearch.rerank.breaker import CircuitBreaker
+from clipsearch.rerank.breaker import BreakerState, CircuitBreaker
 from clipsearch.rerank.lru import LruCache
 from clipsearch.rerank.thumbnails import ThumbnailProvider
-from clipsearch.settings import RerankSettings
+from clipsearch.settings import GeminiModelProfile, RerankSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
 
 log = logging.getLogger(__name__)
@@ -69,12 +77,20 @@ OVERLOADED = "overloaded"
 BLOCKED = "blocked"
 INVALID_OUTPUT = "invalid_output"
 BREAKER_OPEN = "breaker_open"
+MODEL_UNAVAILABLE = "model_unavailable"
 ERROR = "error"
 # Failures that say the endpoint is unhealthy; they count towards opening the circuit breaker. A blocked or
 # malformed answer means Gemini is up (and the next query may well be fine), so it does not.
 BREAKER_FAILURES = frozenset({TIMEOUT, QUOTA, OVERLOADED, ERROR})
 
 _BLOCKING_FINISH = frozenset({"SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+# How the API words "this model is gone" when the status is not a plain 404 (retired models have answered
+# 400/403 "... is no longer available ..." and 404 "models/x is not found for API version v1beta ...").
+_MODEL_GONE = re.compile(
+    r"no longer (available|supported)|is not found|not supported for generatecontent|"
+    r"has been (retired|shut ?down|discontinued|deprecated)",
+    re.IGNORECASE,
+)
 
 SYSTEM_INSTRUCTION = """\
 You re-rank the results of an image search engine.
@@ -102,32 +118,37 @@ class _Failure(Exception):
 class _Usage:
     attempts: int = 0
     prompt_tokens: int = 0
-    output_tokens: int = 0
+    output_tokens: int = 0  # billed output: the answer plus thinking
+    thoughts_tokens: int = 0  # the part of output_tokens the model spent thinking
     total_tokens: int = 0
+    cost_usd: float = 0.0
     images_sent: int = 0
     images_missing: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
-    def add_response(self, meta: genai_types.GenerateContentResponseUsageMetadata | None) -> None:
+    def add_response(
+        self, meta: genai_types.GenerateContentResponseUsageMetadata | None, profile: GeminiModelProfile
+    ) -> None:
+        """Count one answer's tokens and price them at the answering model's rates."""
         if meta is None:
             return
         prompt = meta.prompt_token_count or 0
-        # Thinking tokens are billed as output; Flash-Lite does not think by default, but a setting may.
-        output = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
+        thoughts = meta.thoughts_token_count or 0
+        output = (meta.candidates_token_count or 0) + thoughts  # thinking tokens are billed as output
         self.prompt_tokens += prompt
         self.output_tokens += output
+        self.thoughts_tokens += thoughts
         self.total_tokens += meta.total_token_count or (prompt + output)
+        self.cost_usd += (prompt * profile.price_input_per_mtok + output * profile.price_output_per_mtok) / 1e6
 
-    def as_dict(self, settings: RerankSettings, *, cached: bool = False) -> dict[str, float]:
-        cost = (
-            self.prompt_tokens * settings.price_input_per_mtok + self.output_tokens * settings.price_output_per_mtok
-        ) / 1_000_000
+    def as_dict(self, *, cached: bool = False) -> dict[str, float]:
         return {
             "attempts": float(self.attempts),
             "prompt_tokens": float(self.prompt_tokens),
             "output_tokens": float(self.output_tokens),
+            "thoughts_tokens": float(self.thoughts_tokens),
             "total_tokens": float(self.total_tokens),
-            "cost_usd": cost,
+            "cost_usd": self.cost_usd,
             "cached": 1.0 if cached else 0.0,
             "images_sent": float(self.images_sent),
             "images_missing": float(self.images_missing),
@@ -251,6 +272,36 @@ def build_contents(
     return [genai_types.Content(role="user", parts=parts)]
 
 
+def generation_config(
+    profile: GeminiModelProfile, schema: genai_types.Schema, timeout_s: float
+) -> genai_types.GenerateContentConfig:
+    """The request options for one model: only the fields its profile says it accepts.
+
+    No frequency or presence penalty is ever sent (Gemini 3.5 Flash-Lite answers 400 to custom values), and
+    temperature only where the model honours it (Gemini 3.x ignores custom sampling values). Thinking is set
+    explicitly to the lowest the model allows, so a model that thinks by default cannot spend the budget.
+    """
+    thinking: genai_types.ThinkingConfig | None = None
+    if profile.thinking_level is not None:
+        thinking = genai_types.ThinkingConfig(thinking_level=genai_types.ThinkingLevel(profile.thinking_level.upper()))
+    elif profile.thinking_budget is not None:
+        thinking = genai_types.ThinkingConfig(thinking_budget=profile.thinking_budget)
+    media = (
+        genai_types.MediaResolution(f"MEDIA_RESOLUTION_{profile.media_resolution.upper()}")
+        if profile.media_resolution
+        else None
+    )
+    return genai_types.GenerateContentConfig(
+        system_instruction=SYSTEM_INSTRUCTION,
+        temperature=profile.temperature,
+        thinking_config=thinking,
+        media_resolution=media,
+        response_mime_type="application/json",
+        response_schema=schema,
+        http_options=genai_types.HttpOptions(timeout=max(1, math.ceil(timeout_s * 1000))),
+    )
+
+
 def resolve_api_key(settings: RerankSettings, env: Mapping[str, str] | None = None) -> str | None:
     """The key from settings, else from GEMINI_API_KEY; None when neither holds a non-blank value."""
     env = os.environ if env is None else env
@@ -258,10 +309,19 @@ def resolve_api_key(settings: RerankSettings, env: Mapping[str, str] | None = No
     return key.strip() if key and key.strip() else None
 
 
+@dataclass
+class ModelState:
+    """What this process knows about one configured model: found, not found (held off), or not known yet."""
+
+    breaker: CircuitBreaker  # opens on "not found" and stays open for model_unavailable_hold_s
+    available: bool | None = None  # None: never checked nor answered
+    detail: str | None = None  # why it is unavailable, or why the start-up check could not tell
+
+
 class GeminiReranker:
     """Re-ranks with Gemini; never raises for model or network trouble (see the module docstring).
 
-    Thread-safe: one instance serves all request threads of a process (the caches, the breaker and the
+    Thread-safe: one instance serves all request threads of a process (the caches, the breakers and the
     worker pool are shared). Call `close()` on shutdown.
     """
 
@@ -290,7 +350,13 @@ class GeminiReranker:
             ),
         )
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s, clock=clock)
-        self.responses: LruCache[tuple[str, tuple[str, ...]], Ranking] = LruCache(settings.response_cache_size)
+        self.models: dict[str, ModelState] = {
+            m: ModelState(CircuitBreaker(1, settings.model_unavailable_hold_s, clock=clock))
+            for m in settings.model_chain
+        }
+        self.responses: LruCache[tuple[str, tuple[str, ...]], tuple[Ranking, str]] = LruCache(
+            settings.response_cache_size
+        )
         self._clock = clock
         self._sleep = sleep
         self._max_in_flight = max_in_flight
@@ -311,6 +377,84 @@ class GeminiReranker:
     def description(self) -> str:
         return f"{self.settings.model} via google-genai"
 
+    # -- model lifecycle -----------------------------------------------------------------------------------
+    def check_models(self, timeout_s: float | None = None) -> dict[str, str]:
+        """Look each configured model up once (`models.get`, short timeout); returns model -> what was found.
+
+        A model the API does not know is marked unavailable exactly as a 404 during a search would mark it;
+        a lookup that fails for another reason (network, key, timeout) changes nothing and says so.
+        """
+        timeout_s = self.settings.startup_check_timeout_s if timeout_s is None else timeout_s
+        found: dict[str, str] = {}
+        for model in self.settings.model_chain:
+            config = genai_types.GetModelConfig(
+                http_options=genai_types.HttpOptions(timeout=max(1, math.ceil(timeout_s * 1000)))
+            )
+            try:
+                future = self._pool.submit(self._client.models.get, model=model, config=config)
+                future.result(timeout=timeout_s)
+            except FutureTimeout:
+                found[model] = self._not_checked(model, f"the models lookup took longer than {timeout_s:.1f}s")
+                continue
+            except Exception as exc:
+                failure = self._classify(exc, model)
+                if failure.reason == MODEL_UNAVAILABLE:
+                    self._mark_unavailable(model, failure.detail)
+                    found[model] = f"not found ({failure.detail})"
+                else:
+                    found[model] = self._not_checked(model, failure.detail)
+                continue
+            self._mark_available(model)
+            found[model] = "found"
+        return found
+
+    def _not_checked(self, model: str, why: str) -> str:
+        state = self.models[model]
+        if state.available is None:
+            state.detail = f"could not check: {why}"
+        return f"could not check ({why})"
+
+    def _mark_unavailable(self, model: str, detail: str) -> None:
+        state = self.models[model]
+        state.available, state.detail = False, detail
+        state.breaker.record_failure()  # threshold 1: held open for model_unavailable_hold_s, then one trial
+        log.warning("Gemini model %s is unavailable: %s", model, self._redact(detail))
+
+    def _mark_available(self, model: str) -> None:
+        state = self.models[model]
+        state.available, state.detail = True, None
+        state.breaker.record_success()
+
+    def model_availability(self) -> dict[str, bool | None]:
+        """model -> True (found or answered), False (not found), None (not known yet), primary first."""
+        return {m: s.available for m, s in self.models.items()}
+
+    def status(self) -> str:
+        """One line for `/readyz` and logs: which model answers, and which configured model was not found."""
+        primary, *fallbacks = self.settings.model_chain
+        gone = [m for m, s in self.models.items() if s.available is False]
+        if primary not in gone:
+            state = self.models[primary]
+            note = "model found" if state.available else state.detail
+            return f"{primary} via google-genai" + (f" ({note})" if note else "")
+        text = f"{primary} was not found"
+        alive = [m for m in fallbacks if m not in gone]
+        if alive:
+            return f"{alive[0]} via google-genai (fallback); unavailable: {text}"
+        if fallbacks:
+            text += f"; nor were the fallbacks {', '.join(fallbacks)}"
+        return f"unavailable: {text}"
+
+    def _unavailable_failure(self) -> _Failure:
+        primary = self.settings.model_chain[0]
+        retry = min(s.breaker.retry_after_s() for s in self.models.values())
+        details = "; ".join(f"{m}: {s.detail}" for m, s in self.models.items() if s.detail)
+        return _Failure(
+            MODEL_UNAVAILABLE,
+            f"{primary} was not found and no fallback model is available ({details}); "
+            f"next check in {retry:.0f}s. Set rerank.model to a current model.",
+        )
+
     # -- the Reranker protocol ---------------------------------------------------------------------------
     def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:
         """The best `k` of `candidates` in Gemini's order, or CLIP order with the reason it was kept."""
@@ -323,7 +467,10 @@ class GeminiReranker:
         cache_key = (query, ids)
         cached = self.responses.get(cache_key)
         if cached is not None:
-            return self._applied(unique, cached, k, _Usage(), cached=True)
+            return self._applied(unique, cached[0], k, _Usage(), model=cached[1], cached=True)
+        models = [m for m, s in self.models.items() if s.breaker.state is not BreakerState.OPEN]
+        if not models:  # every configured model is held off after a 404: answer at once
+            return self._fallback(candidates, k, self._unavailable_failure(), _Usage())
         if not self.breaker.allow():
             return self._fallback(
                 candidates,
@@ -333,7 +480,7 @@ class GeminiReranker:
             )
         usage = _Usage()
         try:
-            ranking = self._rank(query, unique, deadline, usage)
+            ranking, model = self._rank(query, unique, deadline, usage, models)
         except _Failure as failure:
             if failure.reason in BREAKER_FAILURES:
                 self.breaker.record_failure()
@@ -345,11 +492,13 @@ class GeminiReranker:
             log.exception("Gemini re-rank failed unexpectedly")
             return self._fallback(candidates, k, _Failure(ERROR, self._redact(f"{type(exc).__name__}: {exc}")), usage)
         self.breaker.record_success()
-        self.responses.put(cache_key, ranking)
-        return self._applied(unique, ranking, k, usage)
+        self.responses.put(cache_key, (ranking, model))
+        return self._applied(unique, ranking, k, usage, model=model)
 
-    # -- one call: thumbnails, attempts with retries -------------------------------------------------------
-    def _rank(self, query: str, candidates: Sequence[Candidate], deadline: float, usage: _Usage) -> Ranking:
+    # -- one call: thumbnails, then each model in turn (next only on "not found"), attempts with retries ------
+    def _rank(
+        self, query: str, candidates: Sequence[Candidate], deadline: float, usage: _Usage, models: Sequence[str]
+    ) -> tuple[Ranking, str]:
         ids = [c.photo_id for c in candidates]
         thumb_wait = max(0.0, min(deadline - self._clock(), self.settings.budget_s * THUMBNAIL_BUDGET_SHARE))
         thumbs = self.thumbnails.get_many(candidates, thumb_wait)
@@ -357,6 +506,35 @@ class GeminiReranker:
         usage.images_missing = len(ids) - usage.images_sent
         contents = build_contents(query, candidates, thumbs)
         schema = response_schema(ids)
+        for model in models:
+            state = self.models[model]
+            if not state.breaker.allow():  # another request holds this model's trial call
+                continue
+            try:
+                response = self._attempts(model, contents, schema, deadline, usage)
+            except _Failure as failure:
+                if failure.reason == MODEL_UNAVAILABLE:
+                    self._mark_unavailable(model, failure.detail)
+                    continue  # retirement: the next model, within the same budget
+                state.breaker.release_trial()  # load or a bad answer says nothing about the model's existence
+                raise
+            except BaseException:
+                state.breaker.release_trial()
+                raise
+            self._mark_available(model)  # it answered, whatever the answer holds
+            return parse_ranking(self._answer_text(response), ids), model
+        raise self._unavailable_failure()
+
+    def _attempts(
+        self,
+        model: str,
+        contents: list[genai_types.Content],
+        schema: genai_types.Schema,
+        deadline: float,
+        usage: _Usage,
+    ) -> genai_types.GenerateContentResponse:
+        """One model: the first attempt and retries on 429/5xx while the budget allows."""
+        profile = self.settings.models[model]
         last: _Failure | None = None
         for attempt in range(self.settings.max_retries + 1):
             remaining = deadline - self._clock()
@@ -364,7 +542,7 @@ class GeminiReranker:
                 break
             usage.attempts += 1
             try:
-                response = self._attempt(contents, schema, remaining)
+                response = self._attempt(model, contents, generation_config(profile, schema, remaining), remaining)
             except _Failure as failure:
                 last = failure
                 if not failure.retryable or attempt == self.settings.max_retries:
@@ -374,27 +552,24 @@ class GeminiReranker:
                     raise _Failure(failure.reason, f"{failure.detail}; no budget left to retry") from None
                 self._sleep(backoff)
                 continue
-            usage.add_response(response.usage_metadata)
-            return parse_ranking(self._answer_text(response), ids)
+            usage.add_response(response.usage_metadata, profile)
+            return response
         if last is not None:
             raise _Failure(last.reason, f"{last.detail}; no budget left to retry")
         raise _Failure(TIMEOUT, f"the {self.settings.budget_s:.2f}s budget was spent before calling Gemini")
 
     def _attempt(
-        self, contents: list[genai_types.Content], schema: genai_types.Schema, remaining: float
+        self,
+        model: str,
+        contents: list[genai_types.Content],
+        config: genai_types.GenerateContentConfig,
+        remaining: float,
     ) -> genai_types.GenerateContentResponse:
         """One HTTP call, abandoned (not awaited) at the deadline. Raises `_Failure` for everything but success."""
         if not self._slots.acquire(blocking=False):
             raise _Failure(OVERLOADED, f"{self._max_in_flight} Gemini calls already in flight in this process")
-        config = genai_types.GenerateContentConfig(
-            system_instruction=SYSTEM_INSTRUCTION,
-            temperature=0.0,
-            response_mime_type="application/json",
-            response_schema=schema,
-            http_options=genai_types.HttpOptions(timeout=max(1, math.ceil(remaining * 1000))),
-        )
         try:
-            future: Future[genai_types.GenerateContentResponse] = self._pool.submit(self._call, contents, config)
+            future: Future[genai_types.GenerateContentResponse] = self._pool.submit(self._call, model, contents, config)
         except RuntimeError as exc:  # the pool was shut down (close() raced with a request)
             self._slots.release()
             raise _Failure(ERROR, f"re-ranker is closed: {exc}") from exc
@@ -403,17 +578,17 @@ class GeminiReranker:
         except FutureTimeout:
             raise _Failure(TIMEOUT, f"Gemini did not answer within the {self.settings.budget_s:.2f}s budget") from None
         except Exception as exc:
-            raise self._classify(exc) from exc
+            raise self._classify(exc, model) from exc
 
     def _call(
-        self, contents: list[genai_types.Content], config: genai_types.GenerateContentConfig
+        self, model: str, contents: list[genai_types.Content], config: genai_types.GenerateContentConfig
     ) -> genai_types.GenerateContentResponse:
         try:
-            return self._client.models.generate_content(model=self.settings.model, contents=contents, config=config)
+            return self._client.models.generate_content(model=model, contents=contents, config=config)
         finally:
             self._slots.release()
 
-    def _classify(self, exc: Exception) -> _Failure:
+    def _classify(self, exc: Exception, model: str) -> _Failure:
         """Map an SDK or transport exception to a fallback reason (and whether a retry may help)."""
         if isinstance(exc, genai_errors.APIError):
             code = int(exc.code or 0)
@@ -422,12 +597,10 @@ class GeminiReranker:
                 return _Failure(QUOTA, f"Gemini quota exhausted ({what})", retryable=True)
             if code >= 500:
                 return _Failure(OVERLOADED, f"Gemini unavailable ({what})", retryable=True)
+            if code == 404 or (code in (400, 403, 410) and _MODEL_GONE.search(exc.message or "")):
+                return _Failure(MODEL_UNAVAILABLE, f"{model} was not found ({what})")
             if code in (401, 403):
                 return _Failure(ERROR, f"Gemini refused the API key ({what}): check GEMINI_API_KEY")
-            if code == 404:
-                return _Failure(
-                    ERROR, f"Gemini does not know model {self.settings.model!r} ({what}): check rerank.model"
-                )
             if code == 408:
                 return _Failure(TIMEOUT, f"Gemini timed out ({what})")
             return _Failure(ERROR, f"Gemini rejected the request ({what})")
@@ -458,7 +631,14 @@ class GeminiReranker:
 
     # -- outcomes ----------------------------------------------------------------------------------------------
     def _applied(
-        self, candidates: Sequence[Candidate], ranking: Ranking, k: int, usage: _Usage, *, cached: bool = False
+        self,
+        candidates: Sequence[Candidate],
+        ranking: Ranking,
+        k: int,
+        usage: _Usage,
+        *,
+        model: str,
+        cached: bool = False,
     ) -> RerankOutcome:
         by_id = {c.photo_id: c for c in candidates}
         results = [
@@ -473,6 +653,8 @@ class GeminiReranker:
         filled = len(ranking.order) - ranking.ranked_by_model
         if filled:
             notes.append(f"{filled} candidate(s) not ranked by the model kept in CLIP order after the ranked ones")
+        if model != self.settings.model:
+            notes.append(f"answered by fallback model {model}: {self.settings.model} was not found")
         if cached:
             notes.append("answer from the response cache")
         usage.extra.update(
@@ -482,7 +664,8 @@ class GeminiReranker:
             results=results,
             applied=True,
             detail="; ".join(notes) or None,
-            usage=usage.as_dict(self.settings, cached=cached),
+            usage=usage.as_dict(cached=cached),
+            model=model,
         )
 
     def _fallback(self, candidates: Sequence[Candidate], k: int, failure: _Failure, usage: _Usage) -> RerankOutcome:
@@ -493,7 +676,7 @@ class GeminiReranker:
             applied=False,
             fallback_reason=failure.reason,
             detail=detail,
-            usage=usage.as_dict(self.settings),
+            usage=usage.as_dict(),
         )
 
     def _redact(self, text: str) -> str:
@@ -509,7 +692,7 @@ class GeminiReranker:
 def build_reranker(settings: RerankSettings, images_dir: Path | None = None) -> tuple[Reranker, str]:
     """The re-ranker the settings ask for and a one-line status for logs and the UI.
 
-    Returns `(GeminiReranker, "gemini-2.5-flash-lite via google-genai")`, or a `NoopReranker` with the reason
+    Returns `(GeminiReranker, "gemini-3.5-flash-lite via google-genai")`, or a `NoopReranker` with the reason
     the service runs CLIP-only (disabled, no key, client could not be created).
     """
     if not settings.enabled:

@@ -27,9 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.settings import Settings, get_settings
-from services.search.ops_routes import install_ops_routes
+from services.search import ops_routes, search_routes
 from services.search.schemas import ErrorResponse
-from services.search.search_routes import install_search_routes
 from services.search.state import ServiceState
 from services.search.telemetry import Metrics, configure_json_logging, request_id_var
 
@@ -79,8 +78,8 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
     app.state.metrics = metrics
     _install_middleware(app, metrics)
     _install_error_handlers(app)
-    install_search_routes(app, settings)
-    install_ops_routes(app)
+    app.include_router(search_routes.router)
+    app.include_router(ops_routes.router)
     if settings.service.ui_enabled:
         from services.search.ui import mount_ui
 

@@ -6,7 +6,7 @@
 Reference: `reference_queries.npy` of the registered version the alias names (default @champion), checked
 against its manifest's sha256, or `--reference FILE.npy`. Current window: `--current FILE.npy`, or a running
 service's `GET /admin/drift-window` (an .npy body; `Authorization: Bearer <token>` from `--admin-token` or
-CLIPSEARCH_SERVICE__ADMIN_TOKEN). The computation is `services.search.drift.compute_drift`, the same one the
+CLIPSEARCH_SERVICE__ADMIN_TOKEN). The computation is `clipsearch.drift.compute_drift`, the same one the
 service runs, so a job and the service agree on the same inputs.
 
 MLflow (settings.registry.tracking_uri, experiment `<experiment>-drift`): metrics drift_score, drift_detected,
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from clipsearch.cli_support import configure_logging, run_cli
+from clipsearch.drift import DEFAULT_MAX_ROWS, DriftResult, compute_drift
 from clipsearch.errors import ArtifactError, ConfigError, DataFormatError, DownloadError
 from clipsearch.settings import Settings, get_settings
-from services.search.drift import DEFAULT_MAX_ROWS, DriftResult, compute_drift
 
 log = logging.getLogger("services.search.drift_job")
 

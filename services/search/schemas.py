@@ -40,10 +40,12 @@ class RerankInfo(BaseModel):
     applied: bool
     fallback_reason: str | None = Field(
         None,
-        description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, error.",
+        description="Why CLIP order was served: disabled, not_requested, timeout, quota, overloaded, blocked, invalid_output, breaker_open, model_unavailable, error.",
     )
     detail: str | None = None
-    model: str | None = None
+    model: str | None = Field(
+        None, description="The model that answered (a fallback model when the configured one was not found)."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -67,7 +69,11 @@ class ReadyResponse(BaseModel):
     stale: bool = False
     index_size: int | None = None
     model: str | None = None
-    reranker: str | None = None
+    reranker: str | None = Field(
+        None,
+        description="Which Gemini model answers, or `unavailable: <model> was not found` (retired or renamed). "
+        "Readiness does not depend on it: CLIP-only search still serves, so /readyz stays 200.",
+    )
 
 
 class ErrorResponse(BaseModel):

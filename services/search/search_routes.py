@@ -8,12 +8,11 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from clipsearch.images import is_safe_photo_id
+from clipsearch.images import image_path, is_safe_photo_id
 from clipsearch.rerank.thumbnails import make_thumbnail
-from clipsearch.settings import Settings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
 from services.search.index_manager import ServingIndex
@@ -53,6 +52,14 @@ def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: 
     return text
 
 
+def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
+    """The response's `rerank.fallback_reason` (None when applied) and the metrics outcome label, from one rule."""
+    if result.rerank_applied:
+        return None, "applied"
+    reason = "not_requested" if requested == "off" else result.rerank_fallback_reason
+    return reason, reason or "disabled"
+
+
 async def _run_search(
     svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
 ) -> SearchResponse:
@@ -68,12 +75,7 @@ async def _run_search(
     )
     result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
     top1 = result.results[0].candidate.score if result.results else None
-    if result.rerank_applied:
-        outcome = "applied"
-    elif body.rerank == "off":
-        outcome = "not_requested"
-    else:
-        outcome = result.rerank_fallback_reason or "disabled"
+    fallback_reason, outcome = _rerank_outcome(body.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
     svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
@@ -104,11 +106,9 @@ async def _run_search(
         rerank=RerankInfo(
             requested=body.rerank,
             applied=result.rerank_applied,
-            fallback_reason=None
-            if result.rerank_applied
-            else ("not_requested" if body.rerank == "off" else result.rerank_fallback_reason),
+            fallback_reason=fallback_reason,
             detail=result.rerank_detail,
-            model=svc.settings.rerank.model if svc.rerank_available else None,
+            model=result.rerank_model or (svc.settings.rerank.model if svc.rerank_available else None),
         ),
         index_version=serving.index_version,
         stale=svc.index.stale,
@@ -122,51 +122,63 @@ def _thumbnail(path: str, mtime: float) -> bytes:
     return make_thumbnail(Path(path).read_bytes(), THUMB_PX)
 
 
-def install_search_routes(app: FastAPI, settings: Settings) -> None:
-    @app.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
-    async def search_get(
-        request: Request,
-        svc: StateDep,
-        serving: ServingDep,
-        q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
-        k: Annotated[int, Query(description="Results to return.")] = settings.search.k,
-        candidates: Annotated[
-            int, Query(description="Nearest neighbours to re-rank from.")
-        ] = settings.search.candidates,
-        rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
-    ) -> SearchResponse:
-        return await _run_search(svc, serving, request, SearchRequest(q=q, k=k, candidates=candidates, rerank=rerank))
+router = APIRouter(tags=["search"])
+"""`/search` and `/images/{photo_id}`; `app.include_router(router)` wires them (see `app.create_app`)."""
 
-    @app.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
-    async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
-        return await _run_search(svc, serving, request, body)
 
-    @app.get(
-        "/images/{photo_id}",
-        tags=["search"],
-        summary="An indexed image (local cache or a redirect to Unsplash)",
-        responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}},
+@router.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
+async def search_get(
+    request: Request,
+    svc: StateDep,
+    serving: ServingDep,
+    q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
+    k: Annotated[int | None, Query(description="Results to return (default: search.k).")] = None,
+    candidates: Annotated[
+        int | None, Query(description="Nearest neighbours to re-rank from (default: search.candidates).")
+    ] = None,
+    rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
+) -> SearchResponse:
+    defaults = svc.settings.search
+    body = SearchRequest(
+        q=q,
+        k=defaults.k if k is None else k,
+        candidates=defaults.candidates if candidates is None else candidates,
+        rerank=rerank,
     )
-    def image(
-        photo_id: str,
-        serving: ServingDep,
-        svc: StateDep,
-        size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",
-    ) -> Response:
-        if not is_safe_photo_id(photo_id):
-            raise HTTPException(422, detail="photo_id: not a valid Unsplash photo id")
-        try:
-            row = serving.engine.artifact.row_of(photo_id)
-        except KeyError:
-            raise HTTPException(404, detail=f"photo {photo_id} is not in the served index") from None
-        images_dir = svc.settings.service.images_dir
-        if images_dir is not None:
-            local = images_dir / f"{photo_id}.jpg"  # photo_id is validated and known to the index: never a path
-            if local.is_file():
-                if size == "thumb":
-                    data = _thumbnail(str(local), local.stat().st_mtime)
-                    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
-                return FileResponse(local, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
-        source = serving.engine.artifact.candidates_for([row], [0.0])[0].image_url
-        width = THUMB_PX if size == "thumb" else svc.settings.dataset.image_width * 2
-        return RedirectResponse(photo_image_url(source, width), status_code=307)
+    return await _run_search(svc, serving, request, body)
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
+async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
+    return await _run_search(svc, serving, request, body)
+
+
+@router.get(
+    "/images/{photo_id}",
+    tags=["search"],
+    summary="An indexed image (local cache or a redirect to Unsplash)",
+    responses={200: {"content": {"image/jpeg": {}}}, 307: {}, 404: {"model": ErrorResponse}},
+)
+def image(
+    photo_id: str,
+    serving: ServingDep,
+    svc: StateDep,
+    size: Annotated[str, Query(pattern="^(full|thumb)$")] = "full",
+) -> Response:
+    if not is_safe_photo_id(photo_id):
+        raise HTTPException(422, detail="photo_id: not a valid Unsplash photo id")
+    try:
+        row = serving.engine.artifact.row_of(photo_id)
+    except KeyError:
+        raise HTTPException(404, detail=f"photo {photo_id} is not in the served index") from None
+    images_dir = svc.settings.service.images_dir
+    if images_dir is not None:
+        local = image_path(images_dir, photo_id)  # photo_id is validated and known to the index: never a path
+        if local.is_file():
+            if size == "thumb":
+                data = _thumbnail(str(local), local.stat().st_mtime)
+                return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+            return FileResponse(local, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+    source = serving.engine.artifact.candidates_for([row], [0.0])[0].image_url
+    width = THUMB_PX if size == "thumb" else svc.settings.dataset.image_width * 2
+    return RedirectResponse(photo_image_url(source, width), status_code=307)

@@ -10,13 +10,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from clipsearch.drift import DriftResult
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ClipsearchError
 from clipsearch.rerank.base import NoopReranker
-from clipsearch.rerank.gemini import build_reranker
+from clipsearch.rerank.gemini import GeminiReranker, build_reranker
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
-from services.search.drift import DriftMonitor, DriftResult
+from services.search.drift import DriftMonitor
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.telemetry import Metrics
 
@@ -31,13 +32,11 @@ class ServiceState:
         self.metrics = metrics
         self.encoder = ClipEncoder.from_settings(settings.model)
         images_dir = settings.service.images_dir
-        reranker, self.reranker_status = (
-            build_reranker(settings.rerank, images_dir)
-            if settings.rerank.enabled
-            else (NoopReranker(), "CLIP-only: re-ranking disabled in settings")
-        )
+        reranker, self._reranker_status = build_reranker(settings.rerank, images_dir)
         self.reranker = reranker
         self.rerank_available = not isinstance(reranker, NoopReranker)
+        if isinstance(reranker, GeminiReranker):
+            metrics.watch_reranker_models(reranker.model_availability, settings.rerank.model)
         self.drift = DriftMonitor(
             window=settings.service.drift_window, min_queries=settings.service.drift_min_queries, html=False
         )
@@ -50,6 +49,13 @@ class ServiceState:
         )
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
+
+    @property
+    def reranker_status(self) -> str:
+        """The re-ranker's state now: which model answers, or `unavailable: <model> was not found`."""
+        if isinstance(self.reranker, GeminiReranker):
+            return self.reranker.status()
+        return self._reranker_status
 
     def _on_swap(self, serving: ServingIndex, stale: bool) -> None:
         self.metrics.set_index(serving.index_version, serving.registry_version, len(serving.engine.artifact), stale)
@@ -65,6 +71,8 @@ class ServiceState:
         )
 
     async def start(self) -> None:
+        if isinstance(self.reranker, GeminiReranker):
+            self.tasks.append(asyncio.create_task(self._check_reranker_models(self.reranker)))
         await asyncio.to_thread(self._load)
         self.tasks.append(asyncio.create_task(self._follow(self.settings.service.poll_interval_s)))
         self.tasks.append(
@@ -97,6 +105,16 @@ class ServiceState:
                 self.metrics.index_refusals.inc()
             except Exception:
                 log.exception("index follow loop error")
+
+    async def _check_reranker_models(self, reranker: GeminiReranker) -> None:
+        """Once at start-up (a key is set): does each configured model exist? Logged, and shown in /readyz."""
+        try:
+            found = await asyncio.to_thread(reranker.check_models)
+        except Exception:
+            log.exception("re-rank model check failed")
+            return
+        ok = found.get(self.settings.rerank.model) == "found"
+        (log.info if ok else log.warning)("re-rank model check", extra={"models": found, "reranker": reranker.status()})
 
     def _on_drift(self, result: DriftResult) -> None:
         self.metrics.drift_score.set(result.drift_score)

@@ -12,11 +12,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -29,6 +31,7 @@ RERANK_OUTCOMES = (
     "blocked",
     "invalid_output",
     "breaker_open",
+    "model_unavailable",
     "disabled",
     "not_requested",
     "error",
@@ -61,7 +64,12 @@ class Metrics:
         self.rerank_outcomes = Counter(
             "clipsearch_rerank_outcomes", "Re-rank outcomes by reason.", ["outcome"], registry=r
         )
-        self.gemini_tokens = Counter("clipsearch_gemini_tokens", "Gemini tokens by kind.", ["kind"], registry=r)
+        self.gemini_tokens = Counter(
+            "clipsearch_gemini_tokens",
+            "Gemini tokens by kind: prompt, output (billed, thinking included) and thoughts (the thinking part).",
+            ["kind"],
+            registry=r,
+        )
         self.gemini_cost = Counter("clipsearch_gemini_cost_usd", "Estimated Gemini spend in USD.", registry=r)
         self.gemini_requests = Counter(
             "clipsearch_gemini_requests", "HTTP calls made to Gemini (retries included).", registry=r
@@ -97,8 +105,9 @@ class Metrics:
         )
         for outcome in RERANK_OUTCOMES:
             self.rerank_outcomes.labels(outcome=outcome)
-        for kind in ("prompt", "output"):
+        for kind in ("prompt", "output", "thoughts"):
             self.gemini_tokens.labels(kind=kind)
+        self._model_collector: Collector | None = None
 
     def observe_search(
         self, timings_ms: Mapping[str, float], outcome: str, usage: Mapping[str, float], top1: float | None
@@ -109,16 +118,43 @@ class Metrics:
         if usage and not usage.get("cached"):
             self.gemini_tokens.labels(kind="prompt").inc(usage.get("prompt_tokens", 0.0))
             self.gemini_tokens.labels(kind="output").inc(usage.get("output_tokens", 0.0))
+            self.gemini_tokens.labels(kind="thoughts").inc(usage.get("thoughts_tokens", 0.0))
             self.gemini_cost.inc(usage.get("cost_usd", 0.0))
             self.gemini_requests.inc(usage.get("attempts", 0.0))
         if top1 is not None:
             self.top1_similarity.observe(top1)
+
+    def watch_reranker_models(self, availability: Callable[[], Mapping[str, bool | None]], primary: str) -> None:
+        """Export `clipsearch_reranker_model_available{model, role}` from the re-ranker's state at each scrape:
+        1 = found or answering, 0 = not found (retired or renamed); a model not checked yet has no sample."""
+        if self._model_collector is not None:
+            self.registry.unregister(self._model_collector)
+        self._model_collector = _ModelAvailability(availability, primary)
+        self.registry.register(self._model_collector)
 
     def set_index(self, version: str, registry_version: str | None, size: int, stale: bool) -> None:
         self.index_info.clear()
         self.index_info.labels(version=version, registry_version=registry_version or "local").set(1)
         self.index_size.set(size)
         self.index_stale.set(1 if stale else 0)
+
+
+class _ModelAvailability(Collector):
+    def __init__(self, availability: Callable[[], Mapping[str, bool | None]], primary: str) -> None:
+        self._availability = availability
+        self._primary = primary
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "clipsearch_reranker_model_available",
+            "1 when the configured Gemini model was found or answered, 0 when the API said it was not found.",
+            labels=["model", "role"],
+        )
+        for model, available in self._availability().items():
+            if available is not None:
+                role = "primary" if model == self._primary else "fallback"
+                family.add_metric([model, role], 1.0 if available else 0.0)
+        yield family
 
 
 class JsonFormatter(logging.Formatter):

@@ -141,6 +141,10 @@ def test_gemini_rerank_applied_and_fallbacks(live_service: LiveService) -> None:
     assert all(hit["reason"] for hit in body["results"])
     sent = standin.requests[-1]
     assert sent.images, "thumbnails must be sent inline"
+    # The default model's request shape (the stand-in answers 400 to what gemini-3.5-flash-lite rejects).
+    assert sent.model == body["rerank"]["model"] == "gemini-3.5-flash-lite"
+    assert sent.thinking_config == {"thinkingLevel": "MINIMAL"} and sent.ignored == []
+    assert "(model found)" in ready(live_service)["reranker"]  # the start-up models lookup
 
     standin.script(gs.hang(5.0))
     start = time.perf_counter()

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("staging", "prod", "cpu")
 # The Kubernetes version the manifests are validated against: terraform's default kubernetes_version.
-KUBERNETES_VERSION = "1.33.0"
+KUBERNETES_VERSION = "1.35.0"
 
 INSTALL_HINT = {
     "venv": "python -m venv .venv-tools && .venv-tools/bin/pip install -r requirements-tools.txt",
@@ -93,6 +93,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
     targets = {name: K8S / "overlays" / name for name in OVERLAYS}
     targets["jobs-embed"] = K8S / "jobs" / "embed"
     targets["jobs-build-index"] = K8S / "jobs" / "build-index"
+    targets["jobs-download"] = K8S / "jobs" / "download"
     result: dict[str, Rendered] = {}
     for name, path in targets.items():
         text = kustomize_build(path)

@@ -57,6 +57,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         ("ClipsearchHighErrorRate", "> 0.05", "> 0.5"),
         ("ClipsearchGeminiQuotaHigh", "> 0.8", "> 0.9"),
         ("ClipsearchRerankFallbackRateHigh", "> 0.2", "> 0.5"),
+        ("ClipsearchRerankerModelUnavailable", "== 0", "== 1"),
     ],
 )
 def test_unit_tests_catch_a_changed_threshold(tmp_path: Path, alert: str, threshold: str, moved: str) -> None:

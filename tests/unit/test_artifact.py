@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clipsearch import fileio
 from clipsearch.errors import ArtifactError
 from clipsearch.identity import ModelIdentity
 from clipsearch.index import artifact as artifact_mod
@@ -113,7 +114,7 @@ def test_failed_write_keeps_the_old_artifact(built: Path, monkeypatch: pytest.Mo
     def boom(*_: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifact_mod, "_fsync_dir", boom)
+    monkeypatch.setattr(fileio, "fsync_path", boom)
     x, ids, meta = make_inputs(n=30, seed=1)
     with pytest.raises(OSError, match="disk full"):
         write_artifact(built, x, ids, meta, MODEL, IndexSettings(kind="exact"), "v2")

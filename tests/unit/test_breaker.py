@@ -96,3 +96,18 @@ def test_exactly_one_trial_under_concurrency(clock: FakeClock) -> None:
 def test_rejects_nonsense_configuration(failures: int, reset_s: float) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker(failures, reset_s)
+
+
+def test_released_trial_leaves_the_breaker_half_open_for_the_next_caller(clock: FakeClock) -> None:
+    """How the re-ranker holds a retired model off: threshold 1, a long reset, and a trial that ended in
+    something other than "found" or "not found" (a 429, say) hands the trial to the next request."""
+    breaker = CircuitBreaker(1, 3600.0, clock=clock)
+    breaker.record_failure()  # "not found"
+    assert breaker.state is BreakerState.OPEN and not breaker.allow()
+    clock.now += 3600.0
+    assert breaker.allow() and not breaker.allow()  # one trial at a time
+    breaker.release_trial()
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()  # the next caller gets the trial
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED

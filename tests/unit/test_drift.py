@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.search.drift import (
+from clipsearch.drift import (
     MIN_ROWS,
     DriftInputError,
-    DriftMonitor,
     DriftResult,
     compute_drift,
     drift_method,
 )
+from services.search.drift import DriftMonitor
 from services.search.schemas import DriftResponse
 
 DIM = 512
@@ -100,7 +100,7 @@ def test_direct_call_sees_the_layout_the_report_gives_the_method() -> None:
     """SGD's last bits depend on memory layout; at 1000 x 1000 a layout mismatch moved the AUC by 2e-6."""
     from evidently import DataDefinition, Dataset
 
-    from services.search.drift import _columns, _frame
+    from clipsearch.drift import _columns, _frame
 
     x = embeddings(30, seed=1, dim=8)
     columns = _columns(8)

@@ -14,10 +14,11 @@ from PIL import Image
 
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, DataFormatError
+from clipsearch.features import FeatureChunk, chunk_path, list_chunks, read_chunk, write_chunk
 from clipsearch.identity import ModelIdentity
 from clipsearch.settings import ModelSettings, Settings
 from training import embed as stage
-from training.embed import Shard, chunk_path, embed, list_chunks, parse_shard, read_chunk
+from training.embed import Shard, embed, parse_shard
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 30
@@ -112,7 +113,7 @@ def test_embed_writes_complete_chunks(
     assert read_chunk(chunk_path(features, 0)).skipped_ids == ["broken0001"]
     # Plain numpy can read every member without pickle (what build_index relies on).
     with np.load(chunk_path(features, 1), allow_pickle=False) as raw:
-        assert set(raw.files) == {"vectors", "ids", "skipped_ids", "model"}
+        assert set(raw.files) == {"vectors", "ids", "skipped_ids", "model", "format_version"}
         assert raw["ids"].dtype.kind == "U"
     assert "images/s" in summary.describe()
 
@@ -167,9 +168,9 @@ def test_chunks_from_another_model_are_refused(
     features = settings.embed.features_dir
     features.mkdir()
     other = ModelIdentity(arch="ViT-B-32", pretrained="openai", weights_sha256="ab" * 32, dim=2)
-    stage.write_chunk(
+    write_chunk(
         chunk_path(features, 3),
-        stage.FeatureChunk(vectors=np.ones((1, 2), np.float32), ids=["x"], skipped_ids=[], model=other),
+        FeatureChunk(vectors=np.ones((1, 2), np.float32), ids=["x"], skipped_ids=[], model=other),
     )
     with pytest.raises(ConfigError) as info:
         embed(settings, Shard(0, 2), encoder=tiny_encoder)  # chunk 3 belongs to the other shard: still refused

@@ -18,10 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clipsearch import encoder as encoder_module
-from clipsearch.encoder import ClipEncoder, resolve_weights
+from clipsearch import weights as weights_module
+from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ConfigError, ModelLoadError
 from clipsearch.settings import ModelSettings
+from clipsearch.weights import resolve_weights
 
 WORDS = [
     "a",
@@ -107,16 +108,22 @@ def test_tokenize_matches_open_clip_and_reports_truncation(tiny_encoder: ClipEnc
     assert tiny_encoder.tokenize([])[0].shape == (0, 77)
 
 
-def test_truncated_text_path_equals_open_clip_tiny(tiny_encoder: ClipEncoder) -> None:
+@pytest.fixture(scope="module")
+def torch_encoder(tiny_model_settings: ModelSettings) -> ClipEncoder:
+    """The tiny encoder on the torch text backend: the EOT-truncated path these tests pin down."""
+    return ClipEncoder(tiny_model_settings.model_copy(update={"text_backend": "torch"})).load()
+
+
+def test_truncated_text_path_equals_open_clip_tiny(torch_encoder: ClipEncoder) -> None:
     texts = [*EDGE_CASES, *_queries(200, seed=0)]
-    fast = tiny_encoder.encode_text(texts)  # batch_size 16: many batches of unequal EOT lengths
-    reference = _open_clip_reference(tiny_encoder, texts)
+    fast = torch_encoder.encode_text(texts)  # batch_size 16: many batches of unequal EOT lengths
+    reference = _open_clip_reference(torch_encoder, texts)
     assert fast.dtype == np.float32 and fast.shape == (len(texts), 32)
     np.testing.assert_allclose(fast, reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(tiny_encoder.encode_text_padded(texts), reference, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(torch_encoder.encode_text_padded(texts), reference, atol=1e-6, rtol=0)
     # One at a time (the serving case) gives the same vectors as in a batch.
-    singles = np.stack([tiny_encoder.encode_text([t])[0] for t in texts[:20]])
+    singles = np.stack([torch_encoder.encode_text([t])[0] for t in texts[:20]])
     np.testing.assert_allclose(singles, reference[:20], atol=1e-5, rtol=0)
 
 
@@ -128,7 +135,9 @@ def test_encode_text_with_flags_and_empty_input(tiny_encoder: ClipEncoder) -> No
 
 
 def test_truncated_text_path_equals_open_clip_vit_b_32_random() -> None:
-    enc = ClipEncoder(ModelSettings(arch="ViT-B-32", pretrained="random", device="cpu", batch_size=4))
+    enc = ClipEncoder(
+        ModelSettings(arch="ViT-B-32", pretrained="random", device="cpu", batch_size=4, text_backend="torch")
+    )
     texts = ["a red bicycle", "", "a " * 75, "city at night with neon lights in the rain", *_queries(6, seed=3)]
     np.testing.assert_allclose(enc.encode_text(texts), _open_clip_reference(enc, texts), atol=1e-5, rtol=0)
     assert enc.identity.dim == 512
@@ -258,9 +267,9 @@ def test_cached_hub_checkpoint_is_found_without_network(tmp_path: Path) -> None:
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"weights")
     cfg = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
-    found = encoder_module._cached_checkpoint(cfg, str(tmp_path))
+    found = weights_module._cached_checkpoint(cfg, str(tmp_path))
     assert found is not None and Path(found).read_bytes() == b"weights"
-    assert encoder_module._cached_checkpoint(cfg, str(tmp_path / "empty")) is None
+    assert weights_module._cached_checkpoint(cfg, str(tmp_path / "empty")) is None
 
 
 def test_fp16_on_cpu_and_missing_cuda_are_config_errors(tiny_model_settings: ModelSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 
@@ -47,10 +48,11 @@ def test_bf16_leaves_model_images_padded_path_and_identity_alone(
 
 
 def test_bf16_is_ignored_for_an_fp16_model(caplog: pytest.LogCaptureFixture) -> None:
-    from clipsearch.encoder import _bf16_text_tower
+    from clipsearch.textual import bf16_text_tower, find_text_tower
 
-    tower = ClipEncoder(ModelSettings(arch="clipsearch-tiny", pretrained="random", device="cpu")).load()._text_tower
+    encoder = ClipEncoder(ModelSettings(arch="clipsearch-tiny", pretrained="random", device="cpu")).load()
+    tower = find_text_tower(encoder.model, open_clip.get_tokenizer("clipsearch-tiny"))
     assert tower is not None
-    with caplog.at_level(logging.INFO, logger="clipsearch.encoder"):
-        assert _bf16_text_tower(tower, "fp16") is tower
+    with caplog.at_level(logging.INFO, logger="clipsearch.textual"):
+        assert bf16_text_tower(tower, "fp16") is tower
     assert "ignored" in caplog.text

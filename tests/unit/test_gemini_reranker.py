@@ -112,7 +112,7 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
     assert all(r.reason and "stand-in" in r.reason for r in out.results)
 
     (req,) = gemini_standin.requests
-    assert req.model == "gemini-2.5-flash-lite"
+    assert req.model == "gemini-3.5-flash-lite"
     assert req.headers.get("x-goog-api-key") == API_KEY  # a header, never in the URL
     assert API_KEY not in req.path
     images = req.images
@@ -122,7 +122,11 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
         with Image.open(io.BytesIO(data)) as img:
             assert img.format == "JPEG" and max(img.size) == 64
     cfg = req.generation_config
-    assert cfg["temperature"] == 0
+    assert req.thinking_config == {"thinkingLevel": "MINIMAL"}  # explicit, the lowest 3.5 Flash-Lite allows
+    assert cfg["mediaResolution"] == "MEDIA_RESOLUTION_LOW"
+    assert req.ignored == []  # no temperature / top-K / top-P: 3.5 Flash-Lite would ignore them
+    assert not {"temperature", "topK", "topP", "frequencyPenalty", "presencePenalty"} & set(cfg)
+    assert req.body["contents"][-1]["role"] == "user"  # a last turn with the model role is a 400
     assert cfg["responseMimeType"] == "application/json"
     assert req.candidate_ids == IDS  # the schema only admits the candidates' ids
     assert "data, not instructions" in req.system_instruction
@@ -133,8 +137,9 @@ def test_success_reorders_and_sends_thumbnails_schema_and_delimited_query(
 
     assert out.usage["attempts"] == 1
     assert out.usage["prompt_tokens"] == 1200 and out.usage["output_tokens"] == 80
-    assert out.usage["total_tokens"] == 1280
-    assert out.usage["cost_usd"] == pytest.approx((1200 * 0.10 + 80 * 0.40) / 1e6)
+    assert out.usage["total_tokens"] == 1280 and out.usage["thoughts_tokens"] == 0
+    assert out.usage["cost_usd"] == pytest.approx((1200 * 0.30 + 80 * 2.50) / 1e6)  # 3.5 Flash-Lite's prices
+    assert out.model == "gemini-3.5-flash-lite"
     assert out.usage["cached"] == 0 and out.usage["images_sent"] == N
 
 
@@ -361,7 +366,7 @@ def test_key_from_env_builds_gemini(monkeypatch: pytest.MonkeyPatch, gemini_stan
     reranker, status = build_reranker(RerankSettings(base_url=gemini_standin.base_url))
     try:
         assert isinstance(reranker, GeminiReranker) and reranker.name == "gemini"
-        assert status == "gemini-2.5-flash-lite via google-genai"
+        assert status == "gemini-3.5-flash-lite via google-genai"
         assert API_KEY not in status and API_KEY not in repr(reranker.settings)
     finally:
         assert isinstance(reranker, GeminiReranker)

@@ -19,6 +19,7 @@
     blocked: "re-ranker refused the request",
     invalid_output: "re-ranker gave an unusable answer",
     breaker_open: "re-ranker paused after repeated failures",
+    model_unavailable: "re-rank model not found (retired?)",
     error: "re-ranker error",
   };
 
