@@ -3,9 +3,11 @@
 Concurrent requests used to each run CLIP in their own threadpool thread, every one asking torch for all
 cores: under load they fought over two cores and latency grew without bound. Here one worker thread owns
 the model. It takes whatever requests are waiting (up to `max_batch`, after at most `max_wait_ms` for
-company), encodes their texts in one forward pass and searches the index with one matrix product, then
-hands each request its own slice. A burst of N queries costs about one batched pass instead of N single
-passes, and a lone query waits at most `max_wait_ms`.
+company), encodes their texts in one forward pass (the expensive part: CLIP's text tower), then runs each
+request's own filtered / hybrid retrieval (`SearchEngine.prepare`: selection, candidate lists, fusion, cut-off,
+de-dup, sort, page) on the same thread, so the CPU work never fights over cores. A burst of N queries costs
+one batched encode instead of N, and a lone query waits at most `max_wait_ms`. A query the engine refuses
+(`QueryError`) fails only its own request.
 
 Repeated queries skip the encoder through an LRU of embeddings keyed by the query text (the encoder is
 fixed for the process, so text alone identifies the vector).
@@ -20,11 +22,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from clipsearch.engine import QueryVector, SearchEngine
+from clipsearch.engine import Prepared, QueryVector, SearchEngine
+from clipsearch.query import Query
 from clipsearch.rerank.lru import LruCache
-from clipsearch.types import Candidate
 
 log = logging.getLogger("services.search.batching")
 
@@ -34,7 +34,7 @@ class Retrieved:
     """What the batch worker hands back to one request."""
 
     encoded: QueryVector
-    pool: list[Candidate]
+    prepared: Prepared  # the page, ready for `SearchEngine.finish` (re-rank or not)
     timings_ms: dict[str, float]
     cached: bool
     batch_size: int
@@ -43,8 +43,7 @@ class Retrieved:
 @dataclass
 class _Job:
     engine: SearchEngine
-    text: str
-    candidates: int
+    query: Query
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Retrieved]
     submitted: float = field(default_factory=time.perf_counter)
@@ -61,9 +60,9 @@ class QueryBatcher:
         self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)
         self._thread.start()
 
-    async def retrieve(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved:
+    async def retrieve(self, engine: SearchEngine, query: Query) -> Retrieved:
         loop = asyncio.get_running_loop()
-        job = _Job(engine=engine, text=text, candidates=candidates, loop=loop, future=loop.create_future())
+        job = _Job(engine=engine, query=query, loop=loop, future=loop.create_future())
         self._queue.put(job)
         return await job.future
 
@@ -111,34 +110,36 @@ class QueryBatcher:
         cached: set[str] = set()
         missing: list[str] = []
         for job in jobs:
-            if job.text in encoded or job.text in missing:
-                continue
-            hit = self.cache.get(job.text)
-            if hit is not None:
-                encoded[job.text] = hit
-                cached.add(job.text)
-            else:
-                missing.append(job.text)
+            for term in job.query.terms:
+                text = term.text
+                if text is None or text in encoded or text in missing:
+                    continue
+                hit = self.cache.get(text)
+                if hit is not None:
+                    encoded[text] = hit
+                    cached.add(text)
+                else:
+                    missing.append(text)
         if missing:
             for text, vector in zip(missing, engine.encode_queries(missing), strict=True):
                 encoded[text] = vector
                 self.cache.put(text, vector)
-        encoded_at = time.perf_counter()
-        depth = max(job.candidates for job in jobs)
-        pools = engine.retrieve(np.stack([encoded[job.text].vector for job in jobs]), depth)
-        searched_at = time.perf_counter()
-        encode_ms = (encoded_at - started) * 1000.0
-        search_ms = (searched_at - encoded_at) * 1000.0
-        for job, pool in zip(jobs, pools, strict=True):
+        encode_ms = (time.perf_counter() - started) * 1000.0
+        for job in jobs:
+            texts = [t.text for t in job.query.terms if t.text is not None]
+            from_cache = bool(texts) and all(text in cached for text in texts)
+            timings = {"queue": (started - job.submitted) * 1000.0, "encode": 0.0 if from_cache else encode_ms}
+            try:
+                vector = engine.query_vector(job.query, encoded)
+                prepared = engine.prepare(job.query, vector, timings_ms=timings)
+            except Exception as exc:  # a refused query (QueryError) or a bug: this request only
+                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                continue
             result = Retrieved(
-                encoded=encoded[job.text],
-                pool=pool[: job.candidates],
-                timings_ms={
-                    "queue": (started - job.submitted) * 1000.0,
-                    "encode": 0.0 if job.text in cached else encode_ms,
-                    "search": search_ms,
-                },
-                cached=job.text in cached,
+                encoded=vector,
+                prepared=prepared,
+                timings_ms=prepared.timings_ms,
+                cached=from_cache,
                 batch_size=len(jobs),
             )
             job.loop.call_soon_threadsafe(_set_result, job.future, result)

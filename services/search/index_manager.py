@@ -72,7 +72,7 @@ class IndexManager:
     def _load_verified(self, index_dir: Path, registry_version: str | None) -> ServingIndex:
         """Verify an artifact against the loaded encoder and warm the engine; raises on any mismatch."""
         artifact = load_artifact(index_dir, expected_model=self.encoder.identity)
-        engine = SearchEngine(self.encoder, artifact, self.reranker)
+        engine = SearchEngine(self.encoder, artifact, self.reranker, self.settings.search)
         engine.search_text("warm-up", k=1, candidates=1, rerank=False)
         return ServingIndex(engine=engine, registry_version=registry_version, path=index_dir, loaded_at=time.time())
 

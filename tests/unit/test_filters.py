@@ -216,3 +216,23 @@ def test_facets_count_orientation_and_top_colour(data) -> None:
     chosen = set(meta["photo_id"].iloc[rows])
     expected = top[top["photo_id"].isin(chosen)]["keyword"].value_counts().to_dict()
     assert facets["color"] == {k: v for k, v in expected.items()}
+
+
+def test_cli_filter_pairs_build_filters_and_name_bad_fields() -> None:
+    from clipsearch.query import filters_from_pairs
+
+    f = filters_from_pairs(
+        ["orientation=landscape", "orientation=square", "color=blue,navy", "near=64.1,-21.9,50", "featured=true"]
+    )
+    assert f.orientation == ["landscape", "square"] and f.colors == ["blue", "navy"] and f.featured is True
+    assert f.near == GeoRadius(lat=64.1, lon=-21.9, radius_km=50)
+    for pairs, named in (
+        (["orientaton=landscape"], "filters.orientaton: unknown filter"),
+        (["orientation=diagonal"], "filters.orientation.0"),
+        (["min_width=wide"], "filters.min_width"),
+        (["near=1,2"], "filters.near"),
+        (["submitted_from=2022-02-01", "submitted_to=2021-01-01"], "submitted_from is after submitted_to"),
+        (["landscape"], "write key=value"),
+    ):
+        with pytest.raises(QueryError, match=named):
+            filters_from_pairs(pairs)
