@@ -339,7 +339,8 @@ class SearchEngine:
         ]
         if outcome.applied:
             shown = [self.artifact.row_of(r.candidate.photo_id) for r in outcome.results]
-            info.next_cursor = self._cursor(query, 0, [*prepared.exclude, *shown]) if info.total else None
+            more = (info.total or 0) > len(prepared.exclude) + len(shown)
+            info.next_cursor = self._cursor(query, 0, [*prepared.exclude, *shown]) if more else None
         elif prepared.remaining > 0:
             info.next_cursor = self._cursor(query, info.offset + len(results), prepared.exclude)
         done = time.perf_counter()

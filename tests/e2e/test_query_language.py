@@ -55,7 +55,7 @@ def ids(body: dict) -> list[str]:
 FILTER_CASES = [
     ({"orientation": "landscape"}, Filters(orientation=["landscape"])),
     ({"orientation": ["portrait", "square"]}, Filters(orientation=["portrait", "square"])),
-    ({"color": "green", "min_color_coverage": 0.2}, Filters(colors=["green"], min_color_coverage=0.2)),
+    ({"color": "forestgreen", "min_color_coverage": 0.2}, Filters(colors=["forestgreen"], min_color_coverage=0.2)),
     ({"country": "Iceland"}, Filters(country=["Iceland"])),
     ({"city": "kyoto"}, Filters(city=["Kyoto"])),
     ({"near": "64.1,-21.9,50"}, Filters(near=GeoRadius(lat=64.1, lon=-21.9, radius_km=50))),
@@ -160,7 +160,7 @@ def test_bad_query_language_is_a_422_naming_the_field(live_service, method: str,
 
 def test_cli_filters_mode_paging_cut_off_and_sort(live_service, served) -> None:
     repo = live_service.repo
-    filters = Filters(orientation=["landscape"], colors=["green"], min_color_coverage=0.2)
+    filters = Filters(orientation=["landscape"], colors=["forestgreen"], min_color_coverage=0.2)
     out = repo.run(
         str(BIN / "clipsearch"),
         "search",
@@ -172,7 +172,7 @@ def test_cli_filters_mode_paging_cut_off_and_sort(live_service, served) -> None:
         "--filter",
         "orientation=landscape",
         "--filter",
-        "color=green",
+        "color=forestgreen",
         "--filter",
         "min_color_coverage=0.2",
         "--no-rerank",

@@ -21,6 +21,8 @@
     breaker_open: "re-ranker paused after repeated failures",
     model_unavailable: "re-rank model not found (retired?)",
     error: "re-ranker error",
+    not_first_page: "re-ranking orders the first page only",
+    sorted: "sorted, not re-ranked",
   };
 
   const apiBase = document.body.dataset.apiBase || "";
