@@ -218,6 +218,20 @@ class FaissHnswIndex(FaissIndex):
         index.hnsw.efSearch = int(params.get("ef_search", index.hnsw.efSearch))
         return cls(index, params)
 
+    def stored_vectors(self) -> FloatArray | None:
+        """The graph's own float32 vectors as a zero-copy (n, d) view (HNSW-Flat keeps them in an IndexFlat), so
+        brute force over a selection reads float32 without widening the artifact's float16 copy. Valid while this
+        index lives; None for other storages."""
+        view: FloatArray | None = getattr(self, "_stored_view", None)
+        if view is None:
+            faiss = _faiss()
+            storage = faiss.downcast_index(self._index.storage)
+            if not isinstance(storage, faiss.IndexFlat) or storage.ntotal == 0:
+                return None
+            view = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)
+            self._stored_view = view
+        return view
+
 
 class FaissIvfIndex(FaissIndex):
     """Inverted lists over k-means cells (IVF-Flat, or IVF-PQ when `pq_m` > 0 for ~16-64x less memory)."""
@@ -372,16 +386,21 @@ def search_selected(
             return (*_masked_scan(index, q, k_eff, rows, n_items), "masked_scan")
         return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), "brute_force")
     if rows.size <= brute_force_max:
-        return (*_brute_force(vectors, q, k_eff, rows), "brute_force")
+        return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), "brute_force")
     scores, found = _faiss_selected(index, q, k_eff, rows, n_items)
     if int((found >= 0).sum()) >= k_eff:
         return scores, found, f"{index.kind}_selector"
-    return (*_brute_force(vectors, q, k_eff, rows), f"{index.kind}_selector_fallback")
+    return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), f"{index.kind}_selector_fallback")
 
 
 def _exact_matrix(index: VectorIndex, vectors: np.ndarray) -> np.ndarray:
-    held = getattr(index, "_vectors", None)  # ExactIndex (numpy backend) keeps a float32 copy: no widening
-    return held if held is not None else vectors
+    """float32 vectors to brute-force from when the index holds them (no float16 widening), else `vectors`."""
+    held = getattr(index, "_vectors", None)  # ExactIndex (numpy backend) keeps a float32 copy
+    if held is None and isinstance(index, FaissHnswIndex):
+        held = index.stored_vectors()
+    if held is not None and held.shape == vectors.shape:
+        return held
+    return vectors
 
 
 def _brute_force(vectors: np.ndarray, q: FloatArray, k: int, rows: RowArray) -> tuple[FloatArray, RowArray]:

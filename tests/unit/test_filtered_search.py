@@ -127,3 +127,15 @@ def test_short_approximate_answers_fall_back_to_brute_force(vectors, queries) ->
         assert len(found) == K
         shortfalls += strategy == "ivf_selector_fallback"
     assert shortfalls > 0
+
+
+def test_hnsw_brute_force_reads_the_graphs_own_float32_vectors(indexes, vectors) -> None:
+    """HNSW-Flat stores float32 vectors: small selections are scored from a zero-copy view of them (also after a
+    serialise/deserialise round trip, as an artifact loads it)."""
+    hnsw = indexes["hnsw"]
+    assert isinstance(hnsw, FaissHnswIndex)
+    view = hnsw.stored_vectors()
+    assert view is not None and view.dtype == np.float32 and not view.flags["OWNDATA"]
+    np.testing.assert_array_equal(view, vectors)
+    again = FaissHnswIndex.from_bytes(hnsw.to_bytes(), hnsw.params)
+    np.testing.assert_array_equal(again.stored_vectors(), vectors)
