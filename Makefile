@@ -111,6 +111,8 @@ bench: setup
 	python -m benchmarks.bench_search --size 25000 --data clustered
 	python -m benchmarks.bench_search --size 25000 --data diffuse
 	python -m benchmarks.bench_search --size 1000000 --no-hnsw --data diffuse
+	python -m benchmarks.bench_filters --size 25000 --kinds exact,exact_faiss,hnsw,ivf --hybrid
+	python -m benchmarks.bench_filters --size 1000000 --kinds exact --queries 100
 	python -m benchmarks.bench_service --rates 20,40,60 --duration 15
 	python -m benchmarks.bench_rerank
 	python -m benchmarks.bench_embed

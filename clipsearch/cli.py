@@ -40,24 +40,61 @@ def search(
         Path | None, typer.Option(help="Index artifact directory (default: index.output_dir).")
     ] = None,
     rerank: Annotated[bool, typer.Option(help="Re-rank with Gemini when GEMINI_API_KEY is set.")] = True,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="key=value, repeatable (AND across keys, OR within one): orientation=landscape, color=blue, "
+            "min_color_coverage=0.3, photographer=..., country=Iceland, city=..., near=lat,lon,km, "
+            "submitted_from=2021-01-01, submitted_to=..., camera_make=FUJIFILM, camera_model=..., featured=true, "
+            "min_width=3000, min_height=...",
+        ),
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="vector | hybrid | keyword (default: search.mode).")] = None,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many results (page 2 of 4: --offset 4).")] = 0,
+    cursor: Annotated[str | None, typer.Option(help="The next_cursor printed by the previous page.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Drop results with a lower cosine score.")] = None,
+    sort: Annotated[str, typer.Option(help="relevance | newest | most_downloaded.")] = "relevance",
+    dedupe: Annotated[bool, typer.Option(help="Collapse near-duplicate photos to the best one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Search the local index artifact built by `dvc repro`."""
     with fail_cleanly():
+        from pydantic import ValidationError
+
         from clipsearch.encoder import ClipEncoder
         from clipsearch.engine import load_engine
+        from clipsearch.query import Query, QueryError, filters_from_pairs
         from clipsearch.rerank.gemini import build_reranker
 
         settings = get_settings()
         if not query.strip():
             raise typer.BadParameter("the query is empty", param_hint="QUERY")
+        try:
+            request = Query.from_text(
+                query.strip(),
+                k=k,
+                candidates=max(k, candidates),
+                rerank="auto" if rerank else "off",
+                mode=mode or settings.search.mode,
+                filters=filters_from_pairs(filters or []),
+                offset=offset,
+                cursor=cursor,
+                min_score=min_score,
+                sort=sort,
+                dedupe=dedupe,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise QueryError(f"{'.'.join(str(p) for p in first['loc']) or 'query'}: {first['msg']}") from None
         reranker, status = (
             build_reranker(settings.rerank, settings.dataset.data_dir / "images") if rerank else (None, "off")
         )
         engine = load_engine(
-            index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker
+            index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker, settings.search
         )
-        result = engine.search(query, k=k, candidates=max(k, candidates), rerank=rerank)
+        result = engine.search(request)
+        page = result.page
         if as_json:
             typer.echo(
                 json.dumps(
@@ -67,6 +104,9 @@ def search(
                         "rerank_applied": result.rerank_applied,
                         "rerank_fallback_reason": result.rerank_fallback_reason,
                         "timings_ms": result.timings_ms,
+                        "page": {k: v for k, v in page.__dict__.items() if k not in ("facets", "understood")},
+                        "facets": page.facets,
+                        "understood": page.understood,
                         "results": [
                             {
                                 "rank": r.rank,
@@ -74,16 +114,21 @@ def search(
                                 "score": r.candidate.score,
                                 "image_url": r.candidate.image_url,
                                 "description": r.candidate.description,
+                                "submitted_at": r.candidate.submitted_at,
+                                "downloads": r.candidate.downloads,
                                 "reason": r.reason,
                             }
                             for r in result.results
                         ],
                     },
                     indent=2,
+                    default=str,
                 )
             )
             return
-        typer.echo(f'"{query}"  (index {result.index_version}; re-rank: {status})')
+        typer.echo(
+            f'"{query}"  (index {result.index_version}; mode {request.mode}; order {page.order}; re-rank: {status})'
+        )
         if result.query_truncated:
             typer.echo("note: the query was longer than CLIP's 77-token context and was truncated")
         for r in result.results:
@@ -93,6 +138,13 @@ def search(
                 typer.echo(f"   {c.description[:100]}")
             if r.reason:
                 typer.echo(f"   why: {r.reason}")
+        total = "?" if page.total is None else f"{page.total}{'' if page.total_exact else '+'}"
+        extra = f"; fewer than k: {page.fewer_than_k}" if page.fewer_than_k else ""
+        typer.echo(f"results {page.offset + 1}-{page.offset + len(result.results)} of {total}{extra}")
+        if page.dropped_duplicates:
+            typer.echo(f"dropped {page.dropped_duplicates} near-duplicates")
+        if page.next_cursor:
+            typer.echo(f"next page: --cursor {page.next_cursor}")
         timings = "  ".join(f"{name} {ms:.1f} ms" for name, ms in result.timings_ms.items())
         typer.echo(f"timings: {timings}")
 

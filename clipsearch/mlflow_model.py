@@ -40,7 +40,7 @@ class IndexSearchModel(PythonModel):
         k = int((params or {}).get("k", 4))
         rows: list[dict[str, Any]] = []
         for query in model_input["query"].astype(str):
-            result = self.engine.search(query, k=k, candidates=max(k, 10), rerank=False)
+            result = self.engine.search_text(query, k=k, candidates=max(k, 10), rerank=False)
             rows.extend(
                 {"query": query, "rank": r.rank, "photo_id": r.candidate.photo_id, "score": r.candidate.score}
                 for r in result.results

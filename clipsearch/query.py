@@ -21,7 +21,7 @@ import binascii
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipsearch.errors import ConfigError
 from clipsearch.images import is_safe_photo_id
@@ -29,7 +29,7 @@ from clipsearch.images import is_safe_photo_id
 RerankMode = Literal["auto", "on", "off"]
 SearchMode = Literal["vector", "hybrid", "keyword"]
 Orientation = Literal["landscape", "portrait", "square"]
-SortOrder = Literal["relevance", "newest", "oldest"]
+SortOrder = Literal["relevance", "newest", "most_downloaded"]
 
 MAX_TERMS = 8
 MAX_WEIGHT = 10.0
@@ -159,10 +159,28 @@ class Query(_Strict):
     k: int = Field(4, ge=1, description="How many results to return (one page).")
     candidates: int = Field(10, ge=1, description="How many nearest neighbours the re-ranker chooses from.")
     offset: int = Field(0, ge=0, le=10_000, description="Skip this many results (page = offset / k).")
-    cursor: str | None = Field(None, description="Opaque position returned by the previous page (instead of offset).")
-    min_score: float | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
-    sort: SortOrder = "relevance"
-    dedupe: bool = Field(False, description="Collapse near-duplicate photos (cosine >= 0.94) to the best one.")
+    cursor: str | None = Field(
+        None,
+        max_length=4096,
+        description="Opaque position returned by the previous page as `next_cursor` (instead of offset); it "
+        "also skips what a re-ranked first page showed.",
+    )
+    min_score: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Drop results whose cosine score is below this (results may then be fewer than k).",
+    )
+    sort: SortOrder = Field(
+        "relevance",
+        description="relevance (the mode's order); newest (submitted_at) or most_downloaded, applied to the set "
+        "above the cut-off (at most search.max_results photos).",
+    )
+    dedupe: bool = Field(
+        False,
+        description="Collapse near-duplicate photos (image vectors with cosine >= search.dedupe_threshold, default "
+        "0.95) to the best-ranked one.",
+    )
     rerank: RerankMode = Field("auto", description="auto: re-rank when a Gemini key is configured; on; off.")
 
     @model_validator(mode="after")
@@ -204,3 +222,38 @@ def check_limits(query: Query, *, max_query_chars: int, max_k: int, max_candidat
         raise QueryError(f"candidates: must be between 1 and {max_candidates}")
     if query.candidates < query.k:
         raise QueryError(f"candidates ({query.candidates}) must be at least k ({query.k})")
+
+
+# Filter fields that take a list (OR within the field); `color` is accepted as the singular of `colors`.
+LIST_FILTERS = frozenset({"orientation", "colors", "photographer", "country", "city", "camera_make", "camera_model"})
+FILTER_ALIASES = {"color": "colors", "colour": "colors", "colours": "colors"}
+
+
+def filters_from_pairs(pairs: list[str]) -> Filters:
+    """`key=value` strings (the CLI's repeatable `--filter`) -> Filters. A list field repeated is an OR; a value
+    may also be comma-separated (`orientation=landscape,square`); `near=lat,lon,radius_km`. A QueryError names
+    the field that is unknown or bad."""
+    fields: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = FILTER_ALIASES.get(key.strip(), key.strip())
+        if not sep or not key:
+            raise QueryError(f"filter {pair!r}: write key=value, e.g. orientation=landscape")
+        if key not in Filters.model_fields:
+            raise QueryError(f"filters.{key}: unknown filter; known filters are {', '.join(Filters.model_fields)}")
+        if key in LIST_FILTERS:
+            existing = fields.setdefault(key, [])
+            assert isinstance(existing, list)
+            existing.extend(v.strip() for v in value.split(",") if v.strip())
+        elif key == "near":
+            parts = value.split(",")
+            if len(parts) != 3:
+                raise QueryError("filters.near: write near=lat,lon,radius_km (e.g. near=64.1,-21.9,50)")
+            fields[key] = dict(zip(("lat", "lon", "radius_km"), parts, strict=True))
+        else:
+            fields[key] = value.strip()
+    try:
+        return Filters.model_validate(fields)
+    except ValidationError as exc:
+        named = [f"filters.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise QueryError("; ".join(named)) from None

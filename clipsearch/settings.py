@@ -150,6 +150,16 @@ class IndexSettings(Section):
     ivf_nlist: int = Field(1024, ge=1)
     ivf_nprobe: int = Field(32, ge=1)
     ivf_pq_m: int = Field(0, ge=0, description="0 = IVF-Flat; >0 = IVF-PQ with this many sub-quantizers.")
+    keyword_index: bool = Field(
+        True, description="Build the BM25 keyword index (hybrid and keyword search) into the artifact."
+    )
+    keyword_min_ai_confidence: float = Field(
+        50.0,
+        ge=0,
+        le=100,
+        description="Machine-suggested keywords enter the keyword index at this AI confidence or more (user-confirmed "
+        "keywords never do: they are evaluation judgments).",
+    )
     output_dir: Path = Path("data/index")
 
 
@@ -188,8 +198,33 @@ class RegistrySettings(Section):
 
 
 class SearchSettings(Section):
+    """How the engine answers a query (see clipsearch.query for the per-request fields)."""
+
     k: int = Field(4, ge=1, le=100)
     candidates: int = Field(10, ge=1, le=1000)
+    mode: Literal["vector", "hybrid", "keyword"] = Field(
+        "vector",
+        description="The default mode (and the one the promotion gate measures); hybrid becomes the default only "
+        "after an evaluation run shows it better (see README, Query language).",
+    )
+    rrf_k: int = Field(
+        60, ge=1, le=10_000, description="Reciprocal rank fusion constant: score = sum 1 / (rrf_k + rank)."
+    )
+    max_results: int = Field(
+        1000,
+        ge=10,
+        le=10_000,
+        description="Depth of the ranked set that cut-off, de-duplication, sort and paging work on (offset + k must "
+        "fit in it).",
+    )
+    dedupe_threshold: float = Field(
+        0.95, gt=0, le=1, description="dedupe=true collapses photos whose image vectors have at least this cosine."
+    )
+    filter_brute_force_max: int = Field(
+        20_000,
+        ge=0,
+        description="Filtered searches over at most this many matching photos are brute-forced (exact, any index kind).",
+    )
 
 
 ThinkingLevel = Literal["minimal", "low", "medium", "high"]

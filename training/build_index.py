@@ -1,9 +1,11 @@
 """DVC stage `build_index`: merge the embed stage's feature chunks into one verified index artifact.
 
 Reads the embed stage's chunks with `clipsearch.features` (the one definition of their format and of the photo
-list they slice), refuses an incomplete or mixed set (a shard still running, a chunk from another model, a dataset that changed
-under the features), joins photo metadata from `data/lite/photos.parquet`, and writes the artifact to
-`index.output_dir` atomically. Usage: `python -m training.build_index` (settings from params.yaml / env).
+list they slice), refuses an incomplete or mixed set (a shard still running, a chunk from another model, a dataset
+that changed under the features), joins photo metadata from `data/lite/photos.parquet` (display and filter
+columns), the colour table from `colors.parquet`, builds the BM25 keyword index from photos + machine keywords of
+`keywords.parquet` (never conversions, never user-confirmed keywords: see clipsearch.index.keyword), and writes
+the artifact to `index.output_dir` atomically. Usage: `python -m training.build_index` (settings from params.yaml / env).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from clipsearch.features import (
 )
 from clipsearch.identity import ModelIdentity
 from clipsearch.index.artifact import Manifest, write_artifact
+from clipsearch.index.keyword import PHOTO_TEXT_COLUMNS, KeywordIndex, keyword_documents
 from clipsearch.settings import Settings, get_settings
 
 log = logging.getLogger("training.build_index")
@@ -161,6 +164,16 @@ def photo_metadata(photos: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
     ):
         full = " ".join(p for p in (_text(first), _text(last)) if p)
         photographers.append(full or _text(user))
+
+    def strings(name: str) -> Any:
+        return pd.array([_text(v) for v in column(name)], dtype="string")
+
+    def numbers(name: str, dtype: Any) -> Any:
+        return pd.to_numeric(pd.Series(column(name), dtype="object"), errors="coerce").astype(dtype).array
+
+    featured = pd.Series(column("photo_featured"), dtype="object").map(
+        lambda v: None if _text(v) is None else str(v).strip().lower() in ("t", "true", "1")
+    )
     return pd.DataFrame(
         {
             "photo_id": ids,
@@ -170,8 +183,35 @@ def photo_metadata(photos: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
             "width": pd.array([_int(w) for w in column("photo_width")], dtype="Int64"),
             "height": pd.array([_int(h) for h in column("photo_height")], dtype="Int64"),
             "blur_hash": pd.array([_text(b) for b in column("blur_hash")], dtype="string"),
+            # filter and sort columns (clipsearch.index.filters.FILTER_COLUMNS)
+            "photographer_username": strings("photographer_username"),
+            "country": strings("photo_location_country"),
+            "city": strings("photo_location_city"),
+            "location_name": strings("photo_location_name"),
+            "latitude": numbers("photo_location_latitude", "Float64"),
+            "longitude": numbers("photo_location_longitude", "Float64"),
+            "submitted_at": pd.to_datetime(pd.Series(column("photo_submitted_at")), errors="coerce", utc=True).array,
+            "camera_make": strings("exif_camera_make"),
+            "camera_model": strings("exif_camera_model"),
+            "featured": pd.array(featured.tolist(), dtype="boolean"),
+            "downloads": numbers("stats_downloads", "Int64"),
         }
     )
+
+
+def photo_colors(colors: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The colour filter's table (photo_id, keyword, coverage) from Unsplash Lite's colors table."""
+    if colors is None or "keyword" not in colors.columns or "ai_coverage" not in colors.columns:
+        return None
+    out = colors.loc[colors["keyword"].notna(), ["photo_id", "keyword", "ai_coverage"]]
+    return out.rename(columns={"ai_coverage": "coverage"})
+
+
+def _optional_table(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        log.warning("%s is missing: the index is built without what it feeds (re-run `dvc repro download`)", path)
+        return None
+    return pd.read_parquet(path)
 
 
 def dataset_version(dataset_json: Path) -> str:
@@ -212,6 +252,19 @@ def build(settings: Settings) -> BuildResult:
             len(features.skipped),
             features.skipped[:3],
         )
+    keyword_index = None
+    if settings.index.keyword_index:
+        keywords = _optional_table(data_dir / "lite" / "keywords.parquet")
+        documents = keyword_documents(
+            photos, keywords, features.ids, min_ai_confidence=settings.index.keyword_min_ai_confidence
+        )
+        keyword_index = KeywordIndex.build(
+            documents,
+            fields={
+                "fields": [*PHOTO_TEXT_COLUMNS, "keywords.keyword (machine-suggested only)"],
+                "min_ai_confidence": settings.index.keyword_min_ai_confidence,
+            },
+        )
     manifest = write_artifact(
         settings.index.output_dir,
         features.vectors,
@@ -220,6 +273,8 @@ def build(settings: Settings) -> BuildResult:
         features.model,
         settings.index,
         version,
+        colors=photo_colors(_optional_table(data_dir / "lite" / "colors.parquet")),
+        keyword_index=keyword_index,
     )
     return BuildResult(manifest=manifest, n_chunks=features.n_chunks, n_skipped=len(features.skipped))
 

@@ -1,9 +1,15 @@
 """DVC stage `evaluate`: run the SearchEngine over judged queries, write metrics.json, log everything to MLflow.
 
 Judgments come from Unsplash Lite itself (conversions graded by distinct users, with a temporal hold-out,
-plus user-confirmed keywords); see `clipsearch.relevance`. Retrieval is evaluated in CLIP order (the
-re-ranker is an online component with its own budget and fallbacks), through the same `SearchEngine.search`
-the service calls, so the latency recorded here is the served code path's.
+plus user-confirmed keywords); see `clipsearch.relevance`. Retrieval is evaluated without the re-ranker (an
+online component with its own budget and fallbacks), through the same `SearchEngine.search` the service calls,
+so the latency recorded here is the served code path's.
+
+Both retrieval modes are measured side by side on the same judged queries: `vector` (CLIP) and `hybrid` (CLIP
+fused with the BM25 keyword index by RRF) when the artifact has a keyword index. Their metrics are logged as
+`vector_<metric>` and `hybrid_<metric>`; the unprefixed metrics (which the promotion gate reads) are those of
+the configured default mode, `search.mode`. The keyword index never sees the judgments (see
+clipsearch.index.keyword), so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from clipsearch.errors import DataFormatError
 from clipsearch.images import image_path
 from clipsearch.lineage import dataset_lineage
 from clipsearch.metrics import evaluate_rankings, latency_summary
+from clipsearch.query import Query, SearchMode
 from clipsearch.registry import client_for, flatten_params, registry_errors, use_experiment
 from clipsearch.relevance import JudgedQuery, build_judgments, normalise_query
 from clipsearch.settings import Settings, get_settings
@@ -77,12 +84,18 @@ def load_judgments(
     return judgments.queries, judgments.describe()
 
 
-def run_queries(engine: SearchEngine, queries: list[JudgedQuery], depth: int) -> list[dict[str, Any]]:
-    """Search every judged query through the engine; keep the ranking and the per-stage timings."""
-    engine.search("warm-up query", k=depth, candidates=depth, rerank=False)
+def run_queries(
+    engine: SearchEngine, queries: list[JudgedQuery], depth: int, mode: SearchMode = "vector"
+) -> list[dict[str, Any]]:
+    """Search every judged query through the engine in `mode`; keep the ranking and the per-stage timings."""
+
+    def query(text: str) -> Query:
+        return Query.from_text(text, k=depth, candidates=depth, mode=mode, rerank="off")
+
+    engine.search(query("warm-up query"))
     rows = []
-    for judged in tqdm(queries, desc="evaluate", unit="query"):
-        result = engine.search(judged.query, k=depth, candidates=depth, rerank=False)
+    for judged in tqdm(queries, desc=f"evaluate ({mode})", unit="query"):
+        result = engine.search(query(judged.query))
         rows.append(
             {
                 "query": judged.query,
@@ -103,7 +116,7 @@ def results_grid(engine: SearchEngine, queries: list[str], images_dir: Path, out
     for row, query in enumerate(queries):
         y = pad + row * (GRID_THUMB + pad)
         draw.text((pad, y + GRID_THUMB // 2 - 6), query[:40], fill="black")
-        for col, ranked in enumerate(engine.search(query, k=k, candidates=max(k, 10), rerank=False).results):
+        for col, ranked in enumerate(engine.search_text(query, k=k, candidates=max(k, 10), rerank=False).results):
             path = image_path(images_dir, ranked.candidate.photo_id)
             x = label_w + col * (GRID_THUMB + pad)
             if path.is_file():
@@ -146,32 +159,64 @@ def log_query_encoder_gate(mlflow: Any) -> None:
         mlflow.set_tags({"int8_gate": "passed" if gate.get("passed") else "failed", "int8_gate_reason": gate["reason"]})
 
 
-def main() -> None:
-    settings = get_settings()
-    encoder = ClipEncoder.from_settings(settings.model)
-    engine = load_engine(settings.index.output_dir, encoder)
-    conversions, keywords = load_tables(settings)
-    queries, judgment_info = load_judgments(settings, [str(i) for i in engine.artifact.ids], conversions, keywords)
-    depth = max(settings.evaluate.candidates, 10)
-    started = time.perf_counter()
-    rows = run_queries(engine, queries, depth)
+def mode_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Quality and latency of one mode's run."""
     quality = evaluate_rankings([(r["ranked"], r["relevant"]) for r in rows])
     latency = latency_summary([r["timings_ms"]["total"] for r in rows])
     encode = latency_summary([r["timings_ms"]["encode"] for r in rows])
-    search = latency_summary([r["timings_ms"]["search"] for r in rows])
-    metrics: dict[str, float] = {
+    search = latency_summary([r["timings_ms"].get("search", 0.0) + r["timings_ms"].get("keyword", 0.0) for r in rows])
+    return {
         **{k: round(float(v), 6) for k, v in quality.items()},
         **{f"latency_ms_{k}": round(float(v), 3) for k, v in latency.items()},
         **{f"encode_ms_{k}": round(float(v), 3) for k, v in encode.items() if k in ("p50", "p95")},
         **{f"search_ms_{k}": round(float(v), 3) for k, v in search.items() if k in ("p50", "p95")},
-        "n_queries": len(rows),
-        "index_size": len(engine.artifact.ids),
     }
+
+
+QUALITY_KEYS = ("precision_at_4", "recall_at_10", "ndcg_at_4", "mrr")
+
+
+def compare_modes(
+    engine: SearchEngine, queries: list[JudgedQuery], depth: int, default_mode: SearchMode
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """Run vector and (with a keyword index) hybrid; metrics as `<mode>_<metric>`, plus the default mode's
+    unprefixed (what the promotion gate reads)."""
+    modes: list[SearchMode] = ["vector"]
+    if engine.artifact.keyword_index is not None:
+        modes.append("hybrid")
+    else:
+        log.warning("the index has no keyword index: only vector mode is evaluated (index.keyword_index: true)")
+    if default_mode not in modes:
+        modes.append(default_mode)  # refuses clearly below if the index cannot serve it
+    runs: dict[str, list[dict[str, Any]]] = {mode: run_queries(engine, queries, depth, mode) for mode in modes}
+    per_mode = {mode: mode_metrics(rows) for mode, rows in runs.items()}
+    metrics: dict[str, float] = dict(per_mode[default_mode])
+    for mode, values in per_mode.items():
+        metrics.update({f"{mode}_{k}": v for k, v in values.items()})
+    return metrics, runs
+
+
+def main() -> None:
+    settings = get_settings()
+    encoder = ClipEncoder.from_settings(settings.model)
+    engine = load_engine(settings.index.output_dir, encoder, settings=settings.search)
+    conversions, keywords = load_tables(settings)
+    queries, judgment_info = load_judgments(settings, [str(i) for i in engine.artifact.ids], conversions, keywords)
+    depth = max(settings.evaluate.candidates, 10)
+    started = time.perf_counter()
+    default_mode = settings.search.mode
+    metrics, runs = compare_modes(engine, queries, depth, default_mode)
+    rows = runs[default_mode]
+    quality = {k: metrics[k] for k in QUALITY_KEYS if k in metrics}
+    latency = {k.removeprefix("latency_ms_"): v for k, v in metrics.items() if k.startswith("latency_ms_")}
+    metrics.update({"n_queries": len(rows), "index_size": len(engine.artifact.ids)})
     METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     out = settings.evaluate.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps({"judgments": judgment_info, "queries": rows}, indent=1))
+    (out / "evaluation.json").write_text(
+        json.dumps({"judgments": judgment_info, "default_mode": default_mode, "queries": rows, "modes": runs}, indent=1)
+    )
     sample = list(settings.evaluate.sample_queries) + [q.query for q in queries[:3]]
     grid = results_grid(engine, sample, settings.dataset.data_dir / "images", out / "results_grid.png")
     reference_texts = reference_queries(conversions, keywords) or [q.query for q in queries]
@@ -188,7 +233,13 @@ def main() -> None:
         with mlflow.start_run(run_name=f"evaluate-{engine.index_version}") as run:
             log_dataset_input(settings.dataset.data_dir, engine)
             mlflow.log_params(flatten_params(settings.model_dump(mode="json", exclude={"rerank", "service"})))
-            mlflow.log_params({"index.version": engine.index_version, **flatten_params(judgment_info, "judgments.")})
+            mlflow.log_params(
+                {
+                    "index.version": engine.index_version,
+                    "evaluate.modes": ",".join(runs),
+                    **flatten_params(judgment_info, "judgments."),
+                }
+            )
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(grid))
             mlflow.log_artifact(str(out / "evaluation.json"))
@@ -200,12 +251,22 @@ def main() -> None:
 
     seconds = time.perf_counter() - started
     print(
-        f"evaluated {len(rows)} queries in {seconds:.1f}s: "
+        f"evaluated {len(rows)} queries in {seconds:.1f}s ({default_mode}, the gated mode): "
         + ", ".join(f"{k}={v:.4f}" for k, v in quality.items())
         + f", latency p50={latency['p50']:.2f} ms p95={latency['p95']:.2f} ms; MLflow run {run_id}"
     )
+    print(side_by_side(metrics, list(runs)))
     if any(math.isnan(float(v)) for v in quality.values()):
         log.warning("some metrics are NaN: check the judged query set")
+
+
+def side_by_side(metrics: dict[str, float], modes: list[str]) -> str:
+    """A small table: one row per metric, one column per mode."""
+    keys = [*QUALITY_KEYS, "latency_ms_p50", "latency_ms_p95"]
+    lines = [f"{'metric':<16}" + "".join(f"{m:>10}" for m in modes)]
+    for key in keys:
+        lines.append(f"{key:<16}" + "".join(f"{metrics.get(f'{m}_{key}', float('nan')):>10.4f}" for m in modes))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ serve one that is half-written, corrupted or built by another model:
   the manifest (count, dim, finite, unit norm, unique ids, metadata aligned with ids) and, when given, that
   the serving encoder's `ModelIdentity` is exactly the one that produced the vectors.
 
-Layout (see docs/ARCHITECTURE.md): vectors.npy, ids.npy, metadata.parquet, optional faiss.index,
-optional reference_queries.npy (evaluation query embeddings, the drift reference), manifest.json.
+Layout (see docs/ARCHITECTURE.md): vectors.npy, ids.npy, metadata.parquet (display columns, plus the filter
+columns of `clipsearch.index.filters.FILTER_COLUMNS` when built with them), optional colors.parquet (photo_id,
+colour keyword, coverage: the colour filter), optional keywords.npz (the BM25 keyword index for hybrid search),
+optional faiss.index, optional reference_queries.npy (evaluation query embeddings, the drift reference), optional
+ONNX query encoders, manifest.json. Every file is listed in the manifest with its sha256.
 
-Why one file of ~500 lines: the manifest model, the writer and the verifying reader are the two halves of one
+Why one file of this size: the manifest model, the writer and the verifying reader are the two halves of one
 contract (format version, file list, checksums, array checks); kept together, a change to one side is made next
 to the other, and the reader cannot drift from what the writer produces.
 """
@@ -38,7 +41,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from clipsearch.errors import ArtifactError
 from clipsearch.fileio import atomic_directory
 from clipsearch.identity import ModelIdentity
-from clipsearch.index.search import FaissIndex, VectorIndex, build_index, load_index
+from clipsearch.index.filters import COLOR_COLUMNS, FILTER_COLUMNS, MISSING_TIME, PhotoAttributes, Selection
+from clipsearch.index.keyword import KeywordIndex
+from clipsearch.index.search import (
+    DEFAULT_BRUTE_FORCE_MAX,
+    FaissIndex,
+    VectorIndex,
+    build_index,
+    load_index,
+    search_selected,
+)
 from clipsearch.settings import IndexSettings
 from clipsearch.types import Candidate
 
@@ -51,6 +63,8 @@ IDS = "ids.npy"
 METADATA = "metadata.parquet"
 FAISS_INDEX = "faiss.index"
 REFERENCE_QUERIES = "reference_queries.npy"
+COLORS = "colors.parquet"
+KEYWORDS = "keywords.npz"
 REQUIRED_FILES = (VECTORS, IDS, METADATA)
 METADATA_COLUMNS = ("photo_id", "image_url", "description", "photographer", "width", "height", "blur_hash")
 
@@ -126,12 +140,17 @@ class IndexArtifact:
     reference_queries: np.ndarray | None = None
     # The verified bytes of the query-encoder files, when `load_artifact(..., query_encoders=True)` read them.
     query_encoder_blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
+    colors: pd.DataFrame | None = None
+    keyword_index: KeywordIndex | None = None
+    brute_force_max: int = DEFAULT_BRUTE_FORCE_MAX
+    attributes: PhotoAttributes = field(init=False, repr=False)
     _rows: _RowMeta = field(init=False, repr=False)
     _row_of: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rows = _row_meta(self.metadata)
         self._row_of = {photo_id: row for row, photo_id in enumerate(self._rows.photo_id)}
+        self.attributes = PhotoAttributes(self.metadata, self.colors)
 
     @property
     def version(self) -> str:
@@ -176,6 +195,8 @@ class IndexArtifact:
                     width=meta.width[row],
                     height=meta.height[row],
                     blur_hash=meta.blur_hash[row],
+                    submitted_at=_iso_day(self.attributes.submitted_ns[row]),
+                    downloads=_int_or_none(self.attributes.downloads[row]),
                 )
             )
         return out
@@ -184,6 +205,22 @@ class IndexArtifact:
         """Top-k candidates for each query vector (rows of `queries`)."""
         scores, rows = self.index.search(queries, k)
         return [self.candidates_for(r, s) for r, s in zip(rows, scores, strict=True)]
+
+    def search_rows(
+        self, query: npt.ArrayLike, k: int, selection: Selection | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], str]:
+        """Top-k (scores, rows, strategy) of one query vector, among `selection` when given (exact; see
+        `clipsearch.index.search.search_selected`)."""
+        if selection is None:
+            scores, rows = self.index.search(np.asarray(query, dtype=np.float32)[None, :], k)
+            keep = rows[0] >= 0
+            return scores[0][keep], rows[0][keep], "index"
+        return search_selected(self.index, self.vectors, query, k, selection.rows, brute_force_max=self.brute_force_max)
+
+    def cosine(self, query: npt.ArrayLike, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Exact cosine of one query vector with the stored vectors of `rows`."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        return np.asarray(np.asarray(self.vectors[rows], dtype=np.float32) @ q, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -200,11 +237,15 @@ def write_artifact(
     *,
     index: VectorIndex | None = None,
     reference_queries: npt.ArrayLike | None = None,
+    colors: pd.DataFrame | None = None,
+    keyword_index: KeywordIndex | None = None,
 ) -> Manifest:
     """Write a complete artifact at `out_dir` atomically and return its manifest.
 
     `vectors` (n, dim) must be finite and L2-normalised (within 1e-2; they are re-normalised before the
-    cast to `index_settings.dtype`). `metadata` needs the METADATA_COLUMNS, one row per id in the same order.
+    cast to `index_settings.dtype`). `metadata` needs the METADATA_COLUMNS, one row per id in the same order;
+    the FILTER_COLUMNS it has are kept too. `colors` (photo_id, keyword, coverage) feeds the colour filter and
+    `keyword_index` (one document per row) hybrid and keyword search.
     The search structure is built from the stored (possibly float16) vectors per `index_settings`, unless a
     prebuilt `index` over exactly those vectors is passed.
     """
@@ -218,6 +259,12 @@ def write_artifact(
     arrays: dict[str, bytes] = {VECTORS: _npy_bytes(stored), IDS: _npy_bytes(id_array), METADATA: _parquet_bytes(meta)}
     if isinstance(index, FaissIndex):
         arrays[FAISS_INDEX] = index.to_bytes()
+    if colors is not None:
+        arrays[COLORS] = _parquet_bytes(_validate_colors(colors, id_array))
+    if keyword_index is not None:
+        if len(keyword_index) != len(id_array):
+            raise ArtifactError(f"the keyword index holds {len(keyword_index)} documents for {len(id_array)} photos")
+        arrays[KEYWORDS] = keyword_index.to_bytes()
     if reference_queries is not None:
         arrays[REFERENCE_QUERIES] = _npy_bytes(_validate_reference(reference_queries, model.dim))
 
@@ -284,13 +331,26 @@ def _validate_inputs(
     missing = [c for c in METADATA_COLUMNS if c not in metadata.columns]
     if missing:
         raise ArtifactError(f"metadata lacks columns {missing}; expected {list(METADATA_COLUMNS)}")
-    meta = metadata.loc[:, list(METADATA_COLUMNS)].reset_index(drop=True)
+    extra = [c for c in FILTER_COLUMNS if c in metadata.columns]
+    meta = metadata.loc[:, [*METADATA_COLUMNS, *extra]].reset_index(drop=True)
     if meta["photo_id"].astype(str).tolist() != id_array.tolist():
         raise ArtifactError("metadata rows must be in the same order as the ids (row i describes ids[i])")
     meta["photo_id"] = meta["photo_id"].astype(str)
     for column in ("width", "height"):
         meta[column] = pd.to_numeric(meta[column], errors="coerce").astype("Int64")
     return stored, id_array, meta
+
+
+def _validate_colors(colors: pd.DataFrame, ids: np.ndarray) -> pd.DataFrame:
+    missing = [c for c in COLOR_COLUMNS if c not in colors.columns]
+    if missing:
+        raise ArtifactError(f"colors lacks columns {missing}; expected {list(COLOR_COLUMNS)}")
+    out = colors.loc[:, list(COLOR_COLUMNS)].reset_index(drop=True)
+    out["photo_id"] = out["photo_id"].astype(str)
+    out = out[out["photo_id"].isin(set(ids.tolist()))]
+    out["keyword"] = out["keyword"].astype("string")
+    out["coverage"] = pd.to_numeric(out["coverage"], errors="coerce").astype("float32")
+    return out.sort_values(["photo_id", "coverage"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
 def _validate_reference(embeddings: npt.ArrayLike, dim: int) -> np.ndarray:
@@ -379,6 +439,12 @@ def load_artifact(
     ids = _load_npy(blobs[IDS], IDS, path)
     metadata = _load_parquet(blobs[METADATA], path)
     reference = _load_npy(blobs[REFERENCE_QUERIES], REFERENCE_QUERIES, path) if REFERENCE_QUERIES in blobs else None
+    colors = _load_parquet(blobs[COLORS], path, COLORS, COLOR_COLUMNS) if COLORS in blobs else None
+    keyword_index = KeywordIndex.from_bytes(blobs[KEYWORDS], str(path / KEYWORDS)) if KEYWORDS in blobs else None
+    if keyword_index is not None and len(keyword_index) != manifest.count:
+        raise ArtifactError(
+            f"{path / KEYWORDS} holds {len(keyword_index)} documents for {manifest.count} photos; {REBUILD_HINT}"
+        )
     _check_arrays(path, manifest, vectors, ids, metadata, reference, verify=verify)
 
     index = load_index(manifest.index.kind, dict(manifest.index.params), vectors, blobs.get(FAISS_INDEX))
@@ -395,6 +461,8 @@ def load_artifact(
         index=index,
         reference_queries=reference,
         query_encoder_blobs=encoder_blobs,
+        colors=colors,
+        keyword_index=keyword_index,
     )
 
 
@@ -471,14 +539,16 @@ def _load_npy(data: bytes, name: str, path: Path) -> np.ndarray:
         raise ArtifactError(f"{path / name} is not a readable .npy file ({exc}); {REBUILD_HINT}") from exc
 
 
-def _load_parquet(data: bytes, path: Path) -> pd.DataFrame:
+def _load_parquet(
+    data: bytes, path: Path, name: str = METADATA, columns: Sequence[str] = METADATA_COLUMNS
+) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise ArtifactError(f"{path / METADATA} is not a readable parquet file ({exc}); {REBUILD_HINT}") from exc
-    missing = [c for c in METADATA_COLUMNS if c not in frame.columns]
+        raise ArtifactError(f"{path / name} is not a readable parquet file ({exc}); {REBUILD_HINT}") from exc
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ArtifactError(f"{path / METADATA} lacks columns {missing}; {REBUILD_HINT}")
+        raise ArtifactError(f"{path / name} lacks columns {missing}; {REBUILD_HINT}")
     return frame
 
 
@@ -544,6 +614,16 @@ def _row_meta(metadata: pd.DataFrame) -> _RowMeta:
         height=ints("height"),
         blur_hash=strings("blur_hash"),
     )
+
+
+def _iso_day(ns: np.int64) -> str | None:
+    if int(ns) == MISSING_TIME:
+        return None
+    return datetime.fromtimestamp(int(ns) / 1e9, tz=UTC).date().isoformat()
+
+
+def _int_or_none(value: np.int64) -> int | None:
+    return None if int(value) < 0 else int(value)
 
 
 def _missing(value: Any) -> bool:

@@ -218,6 +218,20 @@ class FaissHnswIndex(FaissIndex):
         index.hnsw.efSearch = int(params.get("ef_search", index.hnsw.efSearch))
         return cls(index, params)
 
+    def stored_vectors(self) -> FloatArray | None:
+        """The graph's own float32 vectors as a zero-copy (n, d) view (HNSW-Flat keeps them in an IndexFlat), so
+        brute force over a selection reads float32 without widening the artifact's float16 copy. Valid while this
+        index lives; None for other storages."""
+        view: FloatArray | None = getattr(self, "_stored_view", None)
+        if view is None:
+            faiss = _faiss()
+            storage = faiss.downcast_index(self._index.storage)
+            if not isinstance(storage, faiss.IndexFlat) or storage.ntotal == 0:
+                return None
+            view = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * storage.d).reshape(storage.ntotal, storage.d)
+            self._stored_view = view
+        return view
+
 
 class FaissIvfIndex(FaissIndex):
     """Inverted lists over k-means cells (IVF-Flat, or IVF-PQ when `pq_m` > 0 for ~16-64x less memory)."""
@@ -453,3 +467,123 @@ def load_index(kind: str, params: IndexParams, vectors: npt.ArrayLike, faiss_byt
         index.attach_vectors(np.asarray(vectors))
         return index
     return FaissIvfIndex.from_bytes(faiss_bytes, params)
+
+
+# ------------------------------------------------------------------------------------------ filtered search
+
+# Selections up to this many rows are scored by brute force over their gathered vectors: exact for every
+# index kind, and cheaper than steering a graph or inverted lists around the rows that do not match
+# (10K rows x 512 dims is ~5M multiply-adds, about a millisecond).
+DEFAULT_BRUTE_FORCE_MAX = 20_000
+# Exact index, larger selection: above this share of all rows, score everything and mask (one BLAS pass);
+# below it, gather the selected rows and score those.
+FULL_SCAN_SHARE = 0.25
+MAX_FILTERED_EF = 4096
+
+
+def search_selected(
+    index: VectorIndex,
+    vectors: np.ndarray,
+    query: npt.ArrayLike,
+    k: int,
+    rows: RowArray,
+    *,
+    brute_force_max: int = DEFAULT_BRUTE_FORCE_MAX,
+) -> tuple[FloatArray, RowArray, str]:
+    """The top-k of one query among `rows` (sorted, unique): scores, rows, and the strategy used.
+
+    Exactness (every index kind): whenever the selection holds at least k rows, k rows come back, all of them
+    in the selection. How:
+    - `brute_force`: selections up to `brute_force_max` rows (any kind) and exact indexes below FULL_SCAN_SHARE
+      are scored against their own stored vectors: the exact top-k of the selection.
+    - `masked_scan`: an exact index over a large selection scores every row and masks the rest.
+    - `hnsw_selector` / `ivf_selector`: FAISS's search with an IDSelectorBitmap (non-matching rows are never
+      returned; HNSW's efSearch and IVF's nprobe are raised for sparser selections). If the approximate
+      search comes back short of k, the selection is brute-forced instead (`..._fallback`), so k come back.
+    Scores are best first with equal scores in row order.
+    """
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    rows = np.asarray(rows, dtype=np.int64)
+    n_items = len(index)
+    k_eff = max(0, min(int(k), int(rows.size)))
+    if k_eff == 0:
+        return np.empty(0, np.float32), np.empty(0, np.int64), "empty"
+    if index.kind == "exact":
+        if rows.size >= FULL_SCAN_SHARE * n_items:
+            return (*_masked_scan(index, q, k_eff, rows, n_items), "masked_scan")
+        return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), "brute_force")
+    if rows.size <= brute_force_max:
+        return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), "brute_force")
+    scores, found = _faiss_selected(index, q, k_eff, rows, n_items)
+    if int((found >= 0).sum()) >= k_eff:
+        return scores, found, f"{index.kind}_selector"
+    return (*_brute_force(_exact_matrix(index, vectors), q, k_eff, rows), f"{index.kind}_selector_fallback")
+
+
+def _exact_matrix(index: VectorIndex, vectors: np.ndarray) -> np.ndarray:
+    """float32 vectors to brute-force from when the index holds them (no float16 widening), else `vectors`."""
+    held = getattr(index, "_vectors", None)  # ExactIndex (numpy backend) keeps a float32 copy
+    if held is None and isinstance(index, FaissHnswIndex):
+        held = index.stored_vectors()
+    if held is not None and held.shape == vectors.shape:
+        return held
+    return vectors
+
+
+def _brute_force(vectors: np.ndarray, q: FloatArray, k: int, rows: RowArray) -> tuple[FloatArray, RowArray]:
+    block = np.asarray(vectors[rows], dtype=np.float32)
+    scores = block @ q
+    top = np.argpartition(-scores, k - 1)[:k] if k < rows.size else np.arange(rows.size)
+    top_scores, top_rows = scores[top].astype(np.float32), rows[top]
+    order = np.lexsort((top_rows, -top_scores))
+    return top_scores[order], top_rows[order]
+
+
+def _masked_scan(
+    index: VectorIndex, q: FloatArray, k: int, rows: RowArray, n_items: int
+) -> tuple[FloatArray, RowArray]:
+    held = getattr(index, "_vectors", None)
+    if held is not None:
+        scores = held @ q
+        masked = np.full(n_items, -np.inf, dtype=np.float32)
+        masked[rows] = scores[rows]
+        top = np.argpartition(-masked, k - 1)[:k]
+        top_scores, top_rows = masked[top], top.astype(np.int64)
+        order = np.lexsort((top_rows, -top_scores))
+        return top_scores[order], top_rows[order]
+    return _faiss_selected(index, q, k, rows, n_items)
+
+
+def _faiss_selected(
+    index: VectorIndex, q: FloatArray, k: int, rows: RowArray, n_items: int
+) -> tuple[FloatArray, RowArray]:
+    faiss = _faiss()
+    inner: Any = getattr(index, "_index", None) or getattr(index, "_flat", None)
+    bitmap = np.packbits(_mask(rows, n_items), bitorder="little")
+    selector = faiss.IDSelectorBitmap(n_items, faiss.swig_ptr(bitmap))
+    widen = (max(1, n_items) / max(1, rows.size)) ** 0.5
+    if index.kind == "hnsw":
+        ef = int(index.params.get("ef_search", 64))
+        # a sparser selection leaves fewer matching nodes per visited neighbourhood: widen the beam by 1/sqrt(s)
+        params: Any = faiss.SearchParametersHNSW(
+            sel=selector, efSearch=min(MAX_FILTERED_EF, max(ef, k, round(ef * widen)))
+        )
+    elif index.kind == "ivf":
+        nprobe = int(index.params.get("nprobe", 1))
+        nlist = int(index.params.get("nlist", nprobe))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=min(nlist, max(nprobe, round(nprobe * widen))))
+    else:
+        params = faiss.SearchParameters(sel=selector)
+    scores, found = inner.search(q[None, :], k, params=params)
+    del bitmap  # kept alive until here: the selector points into it
+    scores, found = scores[0].astype(np.float32), found[0].astype(np.int64)
+    keep = found >= 0
+    scores, found = scores[keep], found[keep]
+    order = np.lexsort((found, -scores))
+    return scores[order], found[order]
+
+
+def _mask(rows: RowArray, n: int) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask

@@ -3,13 +3,15 @@
 Concurrent requests used to each run CLIP in their own threadpool thread, every one asking torch for all
 cores: under load they fought over two cores and latency grew without bound. Here one worker thread owns
 the model. It takes whatever requests are waiting (up to `max_batch`, after at most `max_wait_ms` for
-company), encodes their texts in one forward pass and searches the index with one matrix product, then
-hands each request its own slice. A burst of N queries costs about one batched pass instead of N single
-passes, and a lone query waits at most `max_wait_ms`.
+company), encodes their texts in one forward pass (the expensive part: CLIP's text tower), then runs each
+request's own filtered / hybrid retrieval (`SearchEngine.prepare`: selection, candidate lists, fusion, cut-off,
+de-dup, sort, page) on the same thread, so the CPU work never fights over cores. A burst of N queries costs
+one batched encode instead of N, and a lone query waits at most `max_wait_ms`. A query the engine refuses
+(`QueryError`) fails only its own request.
 
-Repeated queries skip the encoder through an LRU of embeddings keyed by the query text (the encoder is
-fixed for the process, so text alone identifies the vector). A repeat of the same text and depth against the
-same engine skips the queue altogether: its neighbours are cached with the vector and answered on the event loop.
+Repeated query texts skip the encoder through an LRU of embeddings keyed by the text (the encoder is fixed for
+the process, so text alone identifies the vector). A repeat of the whole query (every field) against the same
+engine skips the queue altogether: its prepared page is cached and answered on the event loop.
 
 Admission control (`admission.py`) bounds the queue: a query predicted to start later than the queue deadline,
 or finding the queue full, is refused at once with `Overloaded` (the route answers 503 + Retry-After). A query
@@ -19,18 +21,18 @@ whose client disconnected while it waited is dropped before the worker spends an
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import numpy as np
-
-from clipsearch.engine import QueryVector, SearchEngine
+from clipsearch.engine import Prepared, QueryVector, SearchEngine
+from clipsearch.query import Query
 from clipsearch.rerank.lru import LruCache
-from clipsearch.types import Candidate
 from services.search.admission import AdmissionControl, Overloaded, Shed
 
 log = logging.getLogger("services.search.batching")
@@ -41,7 +43,7 @@ class Retrieved:
     """What the batch worker hands back to one request."""
 
     encoded: QueryVector
-    pool: list[Candidate]
+    prepared: Prepared  # the page, ready for `SearchEngine.finish` (re-rank or not)
     timings_ms: dict[str, float]
     cached: bool
     batch_size: int
@@ -50,8 +52,7 @@ class Retrieved:
 @dataclass
 class _Job:
     engine: SearchEngine
-    text: str
-    candidates: int
+    query: Query
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Retrieved]
     submitted: float = field(default_factory=time.perf_counter)
@@ -78,10 +79,8 @@ class QueryBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.cache: LruCache[str, QueryVector] = LruCache(cache_size)
-        # (engine id, text, depth) -> (engine, vector, neighbours): a repeat skips the queue entirely
-        self.results: LruCache[tuple[int, str, int], tuple[SearchEngine, QueryVector, list[Candidate]]] = LruCache(
-            cache_size
-        )
+        # (engine id, the whole query) -> (engine, prepared page): a repeat skips the queue entirely
+        self.results: LruCache[tuple[int, str], tuple[SearchEngine, Prepared]] = LruCache(cache_size)
         self.admission = AdmissionControl(queue_deadline_ms / 1000.0, max_queue, cold_queue=max_batch)
         self._on_shed = on_shed or (lambda reason: None)  # noqa: ARG005
         self._on_abandoned = on_abandoned or (lambda: None)
@@ -97,43 +96,40 @@ class QueryBatcher:
     def predicted_wait_s(self) -> float:
         return self.admission.predicted_wait_s(self.depth)
 
-    def cached(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved | None:
-        """The answer for a repeated (text, depth) on this engine, without queueing; None when not cached."""
-        hit = self.results.get((id(engine), text, candidates))
+    def cached(self, engine: SearchEngine, query: Query) -> Retrieved | None:
+        """The answer for a repeated query on this engine, without queueing; None when not cached."""
+        hit = self.results.get((id(engine), _query_key(query)))
         if hit is None or hit[0] is not engine:
             return None
+        # `finish` writes the page's order and cursor into its info: each answer gets its own copy
+        prepared = replace(hit[1], info=copy.deepcopy(hit[1].info), timings_ms={"queue": 0.0, "encode": 0.0})
         return Retrieved(
-            encoded=hit[1],
-            pool=hit[2],
-            timings_ms={"queue": 0.0, "encode": 0.0, "search": 0.0},
-            cached=True,
-            batch_size=0,
+            encoded=prepared.encoded, prepared=prepared, timings_ms=prepared.timings_ms, cached=True, batch_size=0
         )
 
-    def submit(self, engine: SearchEngine, text: str, candidates: int) -> _Job:
+    def submit(self, engine: SearchEngine, query: Query) -> _Job:
         """Queue a query, or raise `Overloaded` at once when it could not start within the queue deadline."""
         shed = self.admission.check(self.depth)
         if shed is not None:
             self._on_shed(shed.reason)
             raise Overloaded(shed)
         loop = asyncio.get_running_loop()
-        job = _Job(engine=engine, text=text, candidates=candidates, loop=loop, future=loop.create_future())
+        job = _Job(engine=engine, query=query, loop=loop, future=loop.create_future())
         self._queue.put(job)
         return job
 
     async def retrieve(
         self,
         engine: SearchEngine,
-        text: str,
-        candidates: int,
+        query: Query,
         disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> Retrieved:
-        """Encode + search `text` in the next batch. `disconnected`, when given, resolves once the client has
+        """Encode + prepare `query` in the next batch. `disconnected`, when given, resolves once the client has
         gone: the query is then dropped (never started) and `ClientDisconnected` raised."""
-        hit = self.cached(engine, text, candidates)
+        hit = self.cached(engine, query)
         if hit is not None:
             return hit
-        job = self.submit(engine, text, candidates)
+        job = self.submit(engine, query)
         if disconnected is None:
             try:
                 return await job.future
@@ -227,39 +223,48 @@ class QueryBatcher:
         cached: set[str] = set()
         missing: list[str] = []
         for job in jobs:
-            if job.text in encoded or job.text in missing:
-                continue
-            hit = self.cache.get(job.text)
-            if hit is not None:
-                encoded[job.text] = hit
-                cached.add(job.text)
-            else:
-                missing.append(job.text)
+            for term in job.query.terms:
+                text = term.text
+                if text is None or text in encoded or text in missing:
+                    continue
+                hit = self.cache.get(text)
+                if hit is not None:
+                    encoded[text] = hit
+                    cached.add(text)
+                else:
+                    missing.append(text)
         if missing:
             for text, vector in zip(missing, engine.encode_queries(missing), strict=True):
                 encoded[text] = vector
                 self.cache.put(text, vector)
-        encoded_at = time.perf_counter()
-        depth = max(job.candidates for job in jobs)
-        pools = engine.retrieve(np.stack([encoded[job.text].vector for job in jobs]), depth)
-        searched_at = time.perf_counter()
-        encode_ms = (encoded_at - started) * 1000.0
-        search_ms = (searched_at - encoded_at) * 1000.0
-        for job, pool in zip(jobs, pools, strict=True):
-            mine = pool[: job.candidates]
-            self.results.put((id(engine), job.text, job.candidates), (engine, encoded[job.text], mine))
+        encode_ms = (time.perf_counter() - started) * 1000.0
+        for job in jobs:
+            texts = [t.text for t in job.query.terms if t.text is not None]
+            from_cache = bool(texts) and all(text in cached for text in texts)
+            timings = {"queue": (started - job.submitted) * 1000.0, "encode": 0.0 if from_cache else encode_ms}
+            try:
+                vector = engine.query_vector(job.query, encoded)
+                prepared = engine.prepare(job.query, vector, timings_ms=timings)
+            except Exception as exc:  # a refused query (QueryError) or a bug: this request only
+                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                continue
+            self.results.put(
+                (id(engine), _query_key(job.query)),
+                (engine, replace(prepared, info=copy.deepcopy(prepared.info))),
+            )
             result = Retrieved(
-                encoded=encoded[job.text],
-                pool=mine,
-                timings_ms={
-                    "queue": (started - job.submitted) * 1000.0,
-                    "encode": 0.0 if job.text in cached else encode_ms,
-                    "search": search_ms,
-                },
-                cached=job.text in cached,
+                encoded=vector,
+                prepared=prepared,
+                timings_ms=prepared.timings_ms,
+                cached=from_cache,
                 batch_size=len(jobs),
             )
             job.loop.call_soon_threadsafe(_set_result, job.future, result)
+
+
+def _query_key(query: Query) -> str:
+    """Every field of the query, canonically: two queries share an answer only when nothing differs."""
+    return json.dumps(query.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
 def _set_result(future: asyncio.Future[Retrieved], value: Retrieved) -> None:

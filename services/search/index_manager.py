@@ -75,8 +75,8 @@ class IndexManager:
     def _load_verified(self, index_dir: Path, registry_version: str | None) -> ServingIndex:
         """Verify an artifact against its encoder and warm the engine; raises on any mismatch."""
         encoder, artifact = self.encoder.load(index_dir)
-        engine = SearchEngine(encoder, artifact, self.reranker)
-        engine.search("warm-up", k=1, candidates=1, rerank=False)
+        engine = SearchEngine(encoder, artifact, self.reranker, self.settings.search)
+        engine.search_text("warm-up", k=1, candidates=1, rerank=False)
         return ServingIndex(engine=engine, registry_version=registry_version, path=index_dir, loaded_at=time.time())
 
     def _publish(self, serving: ServingIndex, stale: bool) -> None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from clipsearch.query import Filters, SearchMode, SortOrder
 
 RerankMode = Literal["auto", "on", "off"]
 
 
 class SearchRequest(BaseModel):
-    """Body of `POST /search`; the same fields as the `GET /search` query parameters."""
+    """Body of `POST /search`; the same fields as the `GET /search` query parameters (filters as an object).
+
+    An unknown field, here or in `filters`, is a 422 that names it. The route turns this into one
+    `clipsearch.query.Query`, the value every entry point builds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     q: str = Field(..., description="What to look for, in plain words.", examples=["a foggy forest at dawn"])
     k: int = Field(4, description="How many results to return.")
@@ -18,6 +26,13 @@ class SearchRequest(BaseModel):
     rerank: RerankMode = Field(
         "auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order."
     )
+    mode: SearchMode | None = Field(None, description="vector | hybrid | keyword (default: search.mode).")
+    filters: Filters = Field(default_factory=Filters, description="Metadata filters: AND across fields, OR within.")
+    offset: int = Field(0, description="Skip this many results.")
+    cursor: str | None = Field(None, description="`page.next_cursor` of the previous page (instead of offset).")
+    min_score: float | None = Field(None, description="Drop results whose cosine score is below this.")
+    sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
+    dedupe: bool = Field(False, description="Collapse near-duplicate photos to the best one.")
 
 
 class SearchHit(BaseModel):
@@ -32,6 +47,8 @@ class SearchHit(BaseModel):
     photographer: str | None = None
     width: int | None = None
     height: int | None = None
+    submitted_at: str | None = Field(None, description="The day the photo was submitted to Unsplash (UTC).")
+    downloads: int | None = None
     reason: str | None = Field(None, description="The re-ranker's short reason, when it gave one.")
 
 
@@ -48,12 +65,38 @@ class RerankInfo(BaseModel):
     )
 
 
+class PageResponse(BaseModel):
+    """Where this page sits in the ranked set and what shaped it."""
+
+    offset: int
+    k: int
+    returned: int = Field(..., description="Results on this page (fewer than k at the end or under a cut-off).")
+    total: int | None = Field(None, description="Results above the cut-off (after de-duplication).")
+    total_exact: bool = Field(True, description="False: `total` is a lower bound (the ranked set is capped).")
+    matched: int | None = Field(None, description="Photos matching the filters (null: no filters).")
+    order: str = Field(..., description="This page's order: relevance, reranked, newest or most_downloaded.")
+    relevance: str = Field(..., description="What relevance means in this mode: cosine, rrf or bm25.")
+    below_cutoff: int = Field(0, description="Ranked photos dropped by min_score.")
+    dropped_duplicates: int = Field(0, description="Ranked photos collapsed by dedupe.")
+    fewer_than_k: str | None = Field(
+        None, description="Why the page is short: end_of_results, min_score, filters or no_keyword_match."
+    )
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null when there is none.")
+
+
 class SearchResponse(BaseModel):
     query: str
     query_truncated: bool = Field(
         ..., description="True when the query was longer than CLIP's 77-token context and was cut."
     )
     results: list[SearchHit]
+    page: PageResponse
+    facets: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Counts per orientation and per top colour over the ranked set."
+    )
+    understood: dict[str, Any] = Field(
+        default_factory=dict, description="How the query was read: mode, terms, filters, sort, cut-off, search path."
+    )
     timings_ms: dict[str, float]
     rerank: RerankInfo
     index_version: str

@@ -10,8 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from clipsearch.images import image_path, is_safe_photo_id
+from clipsearch.query import Filters, QueryError, SearchMode, SortOrder, check_limits
+from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.settings import ServiceSettings
 from clipsearch.types import SearchResult
@@ -20,6 +23,7 @@ from services.search.batching import ClientDisconnected
 from services.search.index_manager import ServingIndex
 from services.search.schemas import (
     ErrorResponse,
+    PageResponse,
     RerankInfo,
     RerankMode,
     SearchHit,
@@ -36,27 +40,83 @@ BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u
 QUERY_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"  # at least one character that is not blank
 
 
-def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: RerankMode) -> tuple[str, int]:
-    """The stripped query and the candidate count (raised to k when smaller); 4xx with a reason otherwise.
+# GET /search's parameters: anything else is a 422 naming it (FastAPI would silently ignore it).
+FILTER_PARAMS = (
+    "orientation",
+    "color",
+    "min_color_coverage",
+    "photographer",
+    "country",
+    "city",
+    "near",
+    "submitted_from",
+    "submitted_to",
+    "camera_make",
+    "camera_model",
+    "featured",
+    "min_width",
+    "min_height",
+)
+GET_PARAMS = frozenset(
+    {"q", "k", "candidates", "rerank", "mode", "offset", "cursor", "min_score", "sort", "dedupe", *FILTER_PARAMS}
+)
 
-    Every bound here is also in the OpenAPI document (`document_limits`), so a client (or the contract fuzzer)
-    that follows the document is never refused."""
+
+def _validation_message(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{prefix}{where}: {msg}" if where else f"{prefix.rstrip('.') or 'request'}: {msg}")
+    return "; ".join(parts)
+
+
+def build_query(svc: ServiceState, body: SearchRequest) -> ClipQuery:
+    """The request -> the one `Query` value, within the operator's limits; a 422 names the field at fault.
+
+    Every bound here that does not depend on another field is also in the OpenAPI document (`document_limits`),
+    so a client (or the contract fuzzer) that follows the document is never refused for it. Fewer candidates
+    than results asked for is not an error: the re-ranker then chooses from k."""
     limits = svc.settings.service
-    if len(q) > limits.max_query_chars:
-        raise HTTPException(422, detail=f"q: the query is {len(q)} characters; the limit is {limits.max_query_chars}")
-    text = q.strip(BLANK_CHARS)
+    if len(body.q) > limits.max_query_chars:
+        raise HTTPException(
+            422, detail=f"q: the query is {len(body.q)} characters; the limit is {limits.max_query_chars}"
+        )
+    text = body.q.strip(BLANK_CHARS)
     if not text:
         raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
-    if not 1 <= k <= limits.max_k:
+    if not 1 <= body.k <= limits.max_k:
         raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
-    if not 1 <= candidates <= limits.max_candidates:
+    if not 1 <= body.candidates <= limits.max_candidates:
         raise HTTPException(422, detail=f"candidates: must be between 1 and {limits.max_candidates}")
-    if rerank == "on" and not svc.rerank_available:
+    try:
+        query = ClipQuery.from_text(
+            text,
+            k=body.k,
+            candidates=max(body.candidates, body.k),
+            rerank=body.rerank,
+            mode=body.mode or svc.settings.search.mode,
+            filters=body.filters,
+            offset=body.offset,
+            cursor=body.cursor,
+            min_score=body.min_score,
+            sort=body.sort,
+            dedupe=body.dedupe,
+        )
+    except ValidationError as exc:
+        raise HTTPException(422, detail=_validation_message(exc)) from None
+    try:
+        check_limits(
+            query, max_query_chars=limits.max_query_chars, max_k=limits.max_k, max_candidates=limits.max_candidates
+        )
+    except QueryError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
+    if query.rerank == "on" and not svc.rerank_available:
         raise HTTPException(
             409,
             detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
         )
-    return text, max(candidates, k)  # fewer candidates than results asked for: re-rank from k
+    return query
 
 
 def _constrain(node: dict[str, Any], **bounds: object) -> None:
@@ -84,6 +144,25 @@ def document_limits(openapi: dict[str, Any], limits: ServiceSettings) -> None:
             _constrain(prop, **bounds[name])
 
 
+def _near(value: str) -> dict[str, float]:
+    try:
+        lat, lon, km = (float(v) for v in value.split(","))
+    except ValueError:
+        raise HTTPException(422, detail="near: give lat,lon,radius_km (e.g. near=64.1,-21.9,50)") from None
+    return {"lat": lat, "lon": lon, "radius_km": km}
+
+
+def filters_from_params(params: dict[str, object]) -> Filters:
+    """GET parameters -> Filters (`color` is the singular of `colors`; `near` is lat,lon,radius_km)."""
+    fields = {("colors" if k == "color" else k): v for k, v in params.items() if v not in (None, [])}
+    if isinstance(fields.get("near"), str):
+        fields["near"] = _near(str(fields["near"]))
+    try:
+        return Filters.model_validate(fields)
+    except ValidationError as exc:
+        raise HTTPException(422, detail=_validation_message(exc, "filters.")) from None
+
+
 def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
     """The response's `rerank.fallback_reason` (None when applied) and the metrics outcome label, from one rule."""
     if result.rerank_applied:
@@ -95,21 +174,22 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
 async def _run_search(
     svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
 ) -> SearchResponse:
-    """Rate limits, validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
+    """Rate limits, build the Query, then encode + retrieve + page in the micro-batcher, then re-rank page one
+    (network: off the event loop)."""
     svc.limiter.check(request, reranked=body.rerank != "off" and svc.rerank_available)
-    text, candidates = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    query = build_query(svc, body)
+    text = query.text
     engine = serving.engine
     start = time.perf_counter()
     try:
-        got = await svc.batcher.retrieve(engine, text, candidates, disconnected=partial(until_disconnected, request))
+        got = await svc.batcher.retrieve(engine, query, disconnected=partial(until_disconnected, request))
+    except QueryError as exc:
+        raise HTTPException(422, detail=str(exc)) from None
     except ClientDisconnected:
         raise HTTPException(499, detail="client closed the request before its query started") from None
     encoded = got.encoded
-    use_rerank = body.rerank != "off" and svc.rerank_available
-    rank = partial(
-        engine.rank, text, encoded, got.pool, k=body.k, rerank=use_rerank, started_at=start, timings_ms=got.timings_ms
-    )
-    result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
+    finish = partial(engine.finish, got.prepared, started_at=start)
+    result: SearchResult = await asyncio.to_thread(finish) if got.prepared.pool else finish()
     top1 = result.results[0].candidate.score if result.results else None
     fallback_reason, outcome = _rerank_outcome(body.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
@@ -131,13 +211,32 @@ async def _run_search(
                 photographer=c.photographer,
                 width=c.width,
                 height=c.height,
+                submitted_at=c.submitted_at,
+                downloads=c.downloads,
                 reason=r.reason,
             )
         )
+    page = result.page
     return SearchResponse(
         query=text,
         query_truncated=result.query_truncated,
         results=hits,
+        page=PageResponse(
+            offset=page.offset,
+            k=query.k,
+            returned=len(hits),
+            total=page.total,
+            total_exact=page.total_exact,
+            matched=page.matched,
+            order=page.order,
+            relevance=page.relevance,
+            below_cutoff=page.below_cutoff,
+            dropped_duplicates=page.dropped_duplicates,
+            fewer_than_k=page.fewer_than_k,
+            next_cursor=page.next_cursor,
+        ),
+        facets=page.facets,
+        understood=page.understood,
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
         rerank=RerankInfo(
             requested=body.rerank,
@@ -198,14 +297,53 @@ async def search_get(
         int | None, Query(description="Nearest neighbours to re-rank from (default: search.candidates).")
     ] = None,
     rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
+    mode: Annotated[SearchMode | None, Query(description="vector | hybrid | keyword (default: search.mode).")] = None,
+    offset: Annotated[int, Query(description="Skip this many results.")] = 0,
+    cursor: Annotated[str | None, Query(description="`page.next_cursor` of the previous page.")] = None,
+    min_score: Annotated[float | None, Query(description="Drop results with a lower cosine score.")] = None,
+    sort: Annotated[SortOrder, Query(description="relevance | newest | most_downloaded")] = "relevance",
+    dedupe: Annotated[bool, Query(description="Collapse near-duplicates to the best one.")] = False,
+    orientation: Annotated[
+        list[str] | None, Query(description="landscape | portrait | square (repeat for OR).")
+    ] = None,
+    color: Annotated[list[str] | None, Query(description="Colour keyword, e.g. blue (repeat for OR).")] = None,
+    min_color_coverage: Annotated[float | None, Query(description="Share a colour must cover (default 0.1).")] = None,
+    photographer: Annotated[list[str] | None, Query(description="Photographer username.")] = None,
+    country: Annotated[list[str] | None, Query()] = None,
+    city: Annotated[list[str] | None, Query()] = None,
+    near: Annotated[str | None, Query(description="lat,lon,radius_km")] = None,
+    submitted_from: Annotated[str | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
+    submitted_to: Annotated[str | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
+    camera_make: Annotated[list[str] | None, Query()] = None,
+    camera_model: Annotated[list[str] | None, Query()] = None,
+    featured: Annotated[bool | None, Query()] = None,
+    min_width: Annotated[int | None, Query()] = None,
+    min_height: Annotated[int | None, Query()] = None,
 ) -> SearchResponse:
+    unknown = sorted(set(request.query_params) - GET_PARAMS)
+    if unknown:
+        raise HTTPException(
+            422, detail=f"{unknown[0]}: unknown parameter; known parameters are {', '.join(sorted(GET_PARAMS))}"
+        )
+    params = dict(locals())
+    filters = filters_from_params({name: params[name] for name in FILTER_PARAMS})
     defaults = svc.settings.search
-    body = SearchRequest(
-        q=q,
-        k=defaults.k if k is None else k,
-        candidates=defaults.candidates if candidates is None else candidates,
-        rerank=rerank,
-    )
+    try:
+        body = SearchRequest(
+            q=q,
+            k=defaults.k if k is None else k,
+            candidates=defaults.candidates if candidates is None else candidates,
+            rerank=rerank,
+            mode=mode,
+            filters=filters,
+            offset=offset,
+            cursor=cursor,
+            min_score=min_score,
+            sort=sort,
+            dedupe=dedupe,
+        )
+    except ValidationError as exc:
+        raise HTTPException(422, detail=_validation_message(exc)) from None
     return await _run_search(svc, serving, request, body)
 
 

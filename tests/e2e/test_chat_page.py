@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import playwright.sync_api as playwright_sync  # dev extras; a missing install fails, never skips
 import pytest
 
@@ -340,5 +341,82 @@ def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str)
             page.locator("#query").press("Enter")
             expect(page.locator(".bubble-error").last).to_contain_text("Could not reach the search service.")
             expect(page.locator("#query")).to_have_value("lost in the network")
+        finally:
+            browser.close()
+
+
+def test_filter_chips_show_more_and_relevance_slider(chat_server: str) -> None:
+    """Chips (orientation, colour from the answer's facets), a date and the relevance slider narrow the next search
+    and re-run the last one; "Show more" appends the next page to the same answer."""
+    expect = playwright_sync.expect
+
+    def last_request() -> dict:
+        return httpx.get(f"{chat_server}/last-request", timeout=5).json()
+
+    def answers_after(page: Any, before: int) -> Any:
+        expect(page.locator(".answer")).to_have_count(before + 1, timeout=TIMEOUT_MS)
+        expect(page.locator("#send")).to_be_enabled()
+        return page.locator(".answer").last
+
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(browser_path()), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=WIDE)
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{chat_server}/ui")
+            page.locator("#rerank").select_option("off")
+            _send_and_wait_for_answer(page, "mountain lake", 4)
+            answer = page.locator(".answer").last
+            expect(answer.locator(".page-info")).to_contain_text("4 of 8")
+
+            # Show more: the next page (by cursor) joins the same grid; at the end the button goes away.
+            answer.get_by_role("button", name="Show more").click()
+            expect(answer.locator(".grid img")).to_have_count(8)
+            assert last_request()["cursor"] == "4"
+            expect(answer.get_by_role("button", name="Show more")).to_have_count(0)
+            ranks = answer.locator(".hit-rank").all_inner_texts()
+            assert ranks == [str(i) for i in range(1, 9)], ranks
+
+            # An orientation chip re-runs the last query with the filter.
+            page.locator('.chip[data-value="landscape"]').click()
+            answer = answers_after(page, 1)
+            assert last_request()["orientation"] == ["landscape"]
+            assert last_request()["q"] == "mountain lake"
+            expect(page.locator('.chip[data-value="landscape"]')).to_have_attribute("aria-pressed", "true")
+            expect(answer.locator(".page-info")).to_contain_text("4 of 5")
+
+            # Colour chips come from the answer's facets; choosing one narrows further (AND across fields).
+            blue = page.locator('#color-chips .chip[data-value="blue"]')
+            expect(blue).to_be_visible()
+            blue.click()
+            answer = answers_after(page, 2)
+            assert last_request()["color"] == ["blue"]
+            assert last_request()["orientation"] == ["landscape"]
+            expect(answer.locator(".grid img")).to_have_count(2)
+            expect(answer.get_by_role("button", name="Show more")).to_have_count(0)
+
+            # The date filter.
+            page.locator('.chip[data-value="landscape"]').click()
+            answers_after(page, 3)
+            blue.click()
+            answers_after(page, 4)
+            page.locator("#since").fill("2022-01-01")
+            page.locator("#since").dispatch_event("change")
+            answer = answers_after(page, 5)
+            assert last_request()["submitted_from"] == "2022-01-01"
+            expect(answer.locator(".grid img")).to_have_count(3)
+
+            # The relevance slider: a cut-off that leaves fewer than four says so.
+            page.locator("#since").fill("")
+            page.locator("#since").dispatch_event("change")
+            answers_after(page, 6)
+            page.locator("#min-score").evaluate("(el) => { el.value = '0.3'; el.dispatchEvent(new Event('input')); }")
+            expect(page.locator("#min-score-value")).to_have_text("0.30")
+            page.locator("#min-score").dispatch_event("change")
+            answer = answers_after(page, 7)
+            assert last_request()["min_score"] == 0.3
+            assert last_request()["submitted_from"] is None
+            expect(answer.locator(".grid img")).to_have_count(2)
+            expect(answer).to_contain_text("pass the relevance threshold")
         finally:
             browser.close()

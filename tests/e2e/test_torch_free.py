@@ -51,7 +51,9 @@ def test_cpu_query_path_never_imports_torch(tmp_path: Path, tiny_encoder) -> Non
     )
     add_query_encoders(index_dir, load_dir(tmp_path / "enc", spec), spec)
     query = "a foggy forest at dawn"
-    expected = [r.candidate.photo_id for r in load_engine(index_dir, tiny_encoder).search(query, 3, 5, False).results]
+    expected = [
+        r.candidate.photo_id for r in load_engine(index_dir, tiny_encoder).search_text(query, 3, 5, False).results
+    ]
     env = {
         **clean_environ(),
         "CLIPSEARCH_PARAMS": str(tmp_path / "no-params.yaml"),

@@ -9,6 +9,12 @@ Special queries:
 - `DOWN_QUERY` answers 503 `{"detail"}`, like a service with no index loaded yet.
 Every search waits `SEARCH_DELAY_S`, so a test can see the page's in-flight state.
 
+Filters, paging and the cut-off behave like the real engine on a tiny scale, so the page's chips, "show more" and
+relevance slider can be driven: `orientation` and `color` keep the photos with that attribute (OR within one,
+AND across), `submitted_from` keeps photos submitted that day or later, `min_score` drops results below it, and
+`cursor` (the `page.next_cursor` this app returns) continues the same ranked list. The last request's parameters
+are kept at `/last-request` for assertions.
+
 Run it: `uvicorn tests.support.fake_search_app:app --host 127.0.0.1 --port 8765` from the repository root.
 """
 
@@ -18,7 +24,7 @@ import asyncio
 import hashlib
 import io
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated
 
@@ -26,7 +32,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageDraw
 
-from services.search.schemas import RerankInfo, RerankMode, SearchHit, SearchResponse
+from services.search.schemas import PageResponse, RerankInfo, RerankMode, SearchHit, SearchResponse
 from services.search.ui import mount_ui
 
 ERROR_QUERY = "!fail"
@@ -47,17 +53,48 @@ class Photo:
     color: tuple[int, int, int]
     width: int = 640
     height: int = 480
+    color_name: str = "gray"
+    submitted_at: str = "2020-06-01"
 
 
 PHOTOS = (
-    Photo("fog01", "Misty pine forest at sunrise", "Aino Virtanen", (92, 130, 110)),
-    Photo("dog02", "A golden retriever running along a sandy beach", "Mateo Ruiz", (214, 170, 90)),
-    Photo("city03", "City lights at night seen from a skyscraper", "Hana Sato", (40, 48, 96)),
-    Photo("neon04", HOSTILE_DESCRIPTION, "<script>alert(1)</script>", (190, 60, 140)),
-    Photo("lake05", None, "Olu Adeyemi", (70, 140, 200)),
-    Photo("desert06", "Sand dunes under a clear blue sky", None, (222, 190, 140)),
-    Photo("snow07", "Snowy mountain ridge with a lone hiker", "Lena Brandt", (200, 215, 235)),
-    Photo("tulip08", "A field of red tulips in spring", "Pieter de Vries", (200, 60, 60)),
+    Photo("fog01", "Misty pine forest at sunrise", "Aino Virtanen", (92, 130, 110), 480, 640, "green", "2018-03-02"),
+    Photo(
+        "dog02",
+        "A golden retriever running along a sandy beach",
+        "Mateo Ruiz",
+        (214, 170, 90),
+        640,
+        480,
+        "orange",
+        "2021-07-09",
+    ),
+    Photo(
+        "city03",
+        "City lights at night seen from a skyscraper",
+        "Hana Sato",
+        (40, 48, 96),
+        640,
+        480,
+        "blue",
+        "2022-11-20",
+    ),
+    Photo("neon04", HOSTILE_DESCRIPTION, "<script>alert(1)</script>", (190, 60, 140), 500, 500, "purple", "2019-01-15"),
+    Photo("lake05", None, "Olu Adeyemi", (70, 140, 200), 640, 480, "blue", "2023-05-30"),
+    Photo("desert06", "Sand dunes under a clear blue sky", None, (222, 190, 140), 480, 640, "orange", "2017-09-09"),
+    Photo(
+        "snow07",
+        "Snowy mountain ridge with a lone hiker",
+        "Lena Brandt",
+        (200, 215, 235),
+        640,
+        480,
+        "white",
+        "2024-01-04",
+    ),
+    Photo(
+        "tulip08", "A field of red tulips in spring", "Pieter de Vries", (200, 60, 60), 640, 480, "red", "2020-04-12"
+    ),
 )
 _BY_ID = {p.photo_id: p for p in PHOTOS}
 
@@ -91,14 +128,56 @@ def pick(query: str, k: int) -> list[Photo]:
     return [PHOTOS[(start + i) % len(PHOTOS)] for i in range(min(k, len(PHOTOS)))]
 
 
-def build_response(query: str, k: int, rerank: RerankMode) -> SearchResponse:
-    applied = rerank != "off"
+def orientation_of(photo: Photo) -> str:
+    if photo.width == photo.height:
+        return "square"
+    return "landscape" if photo.width > photo.height else "portrait"
+
+
+@dataclass
+class Narrowing:
+    """The query-language parameters this stand-in understands."""
+
+    orientation: list[str] = field(default_factory=list)
+    color: list[str] = field(default_factory=list)
+    submitted_from: str | None = None
+    min_score: float | None = None
+    offset: int = 0
+
+
+def ranked(query: str, narrowing: Narrowing) -> list[tuple[Photo, float]]:
+    """Every photo in the query's order with a score, narrowed by the filters and the cut-off."""
+    out = []
+    for i, p in enumerate(pick(query, len(PHOTOS))):
+        score = round(0.34 - 0.021 * i, 4)
+        if narrowing.orientation and orientation_of(p) not in narrowing.orientation:
+            continue
+        if narrowing.color and p.color_name not in narrowing.color:
+            continue
+        if narrowing.submitted_from and p.submitted_at < narrowing.submitted_from:
+            continue
+        if narrowing.min_score is not None and score < narrowing.min_score:
+            continue
+        out.append((p, score))
+    return out
+
+
+def build_response(query: str, k: int, rerank: RerankMode, narrowing: Narrowing | None = None) -> SearchResponse:
+    narrowing = narrowing or Narrowing()
+    applied = rerank != "off" and narrowing.offset == 0
+    everything = ranked(query, narrowing)
+    chosen = everything[narrowing.offset : narrowing.offset + k]
+    end = narrowing.offset + len(chosen)
+    facets: dict[str, dict[str, int]] = {"orientation": {}, "color": {}}
+    for p, _ in everything:
+        facets["orientation"][orientation_of(p)] = facets["orientation"].get(orientation_of(p), 0) + 1
+        facets["color"][p.color_name] = facets["color"].get(p.color_name, 0) + 1
     hits = [
         SearchHit(
-            rank=i + 1,
+            rank=narrowing.offset + i + 1,
             photo_id=p.photo_id,
-            score=round(0.34 - 0.021 * i, 4),
-            clip_rank=(i + 1) % k + 1 if applied else i + 1,
+            score=score,
+            clip_rank=(i + 1) % k + 1 if applied else narrowing.offset + i + 1,
             image_url=f"/images/{p.photo_id}",
             thumbnail_url=f"/images/{p.photo_id}?size={THUMB_SIZE}",
             source_url=f"https://images.unsplash.com/photo-{p.photo_id}",
@@ -106,14 +185,32 @@ def build_response(query: str, k: int, rerank: RerankMode) -> SearchResponse:
             photographer=p.photographer,
             width=p.width,
             height=p.height,
+            submitted_at=p.submitted_at,
             reason=f"Matches “{query[:40]}”: {p.description or 'the scene'}." if applied and i < 2 else None,
         )
-        for i, p in enumerate(pick(query, k))
+        for i, (p, score) in enumerate(chosen)
     ]
+    short = None
+    if len(chosen) < k:
+        short = "min_score" if narrowing.min_score is not None else "end_of_results"
+    page = PageResponse(
+        offset=narrowing.offset,
+        k=k,
+        returned=len(hits),
+        total=len(everything),
+        matched=len(everything),
+        order="reranked" if applied else "relevance",
+        relevance="cosine",
+        fewer_than_k=short,
+        next_cursor=str(end) if end < len(everything) else None,
+    )
     return SearchResponse(
         query=query,
         query_truncated=len(query) > 200,
         results=hits,
+        page=page,
+        facets=facets,
+        understood={"mode": "vector", "filters": {"orientation": narrowing.orientation, "colors": narrowing.color}},
         timings_ms={
             "encode": 11.8,
             "search": 0.9,
@@ -132,6 +229,7 @@ def build_response(query: str, k: int, rerank: RerankMode) -> SearchResponse:
     )
 
 
+LAST_REQUEST: dict[str, object] = {}
 app = FastAPI(title="clipsearch stand-in for UI tests")
 mount_ui(app)
 
@@ -142,13 +240,35 @@ async def search(
     k: Annotated[int, Query(ge=1, le=50)] = 4,
     candidates: Annotated[int, Query(ge=1, le=200)] = 10,  # noqa: ARG001 - validated like the real /search
     rerank: Annotated[RerankMode, Query()] = "auto",
+    orientation: Annotated[list[str] | None, Query()] = None,
+    color: Annotated[list[str] | None, Query()] = None,
+    submitted_from: Annotated[str | None, Query()] = None,
+    min_score: Annotated[float | None, Query()] = None,
+    cursor: Annotated[str | None, Query()] = None,
 ) -> SearchResponse | JSONResponse:
+    LAST_REQUEST.clear()
+    LAST_REQUEST.update(
+        {"q": q, "orientation": orientation or [], "color": color or [], "submitted_from": submitted_from}
+        | {"min_score": min_score, "cursor": cursor, "rerank": rerank}
+    )
     await asyncio.sleep(SEARCH_DELAY_S)
     if q.strip() == ERROR_QUERY:
         return JSONResponse({"detail": ERROR_DETAIL, "request_id": uuid.uuid4().hex[:16]}, status_code=422)
     if q.strip() == DOWN_QUERY:
         return JSONResponse({"detail": DOWN_DETAIL}, status_code=503)
-    return build_response(q.strip(), k, rerank)
+    narrowing = Narrowing(
+        orientation=orientation or [],
+        color=color or [],
+        submitted_from=submitted_from,
+        min_score=min_score,
+        offset=int(cursor) if cursor and cursor.isdigit() else 0,
+    )
+    return build_response(q.strip(), k, rerank, narrowing)
+
+
+@app.get("/last-request")
+def last_request() -> dict[str, object]:
+    return dict(LAST_REQUEST)
 
 
 @app.get("/images/{photo_id}")

@@ -8,9 +8,14 @@ import threading
 import pytest
 
 from clipsearch.engine import load_engine
+from clipsearch.query import Filters, Query, QueryError
 from services.search.admission import Overloaded
 from services.search.batching import ClientDisconnected, QueryBatcher
 from tests.unit.test_engine import WORDS, _artifact
+
+
+def plain(text: str, k: int) -> Query:
+    return Query.from_text(text, k=k, candidates=k, rerank="off")
 
 
 @pytest.fixture
@@ -22,7 +27,7 @@ def test_concurrent_queries_are_batched_and_answered_individually(engine) -> Non
     batcher = QueryBatcher(max_batch=16, max_wait_ms=20.0, cache_size=0)
 
     async def burst():
-        return await asyncio.gather(*(batcher.retrieve(engine, word, 3) for word in WORDS * 2))
+        return await asyncio.gather(*(batcher.retrieve(engine, plain(word, 3)) for word in WORDS * 2))
 
     try:
         answers = asyncio.run(burst())
@@ -30,18 +35,18 @@ def test_concurrent_queries_are_batched_and_answered_individually(engine) -> Non
         batcher.close()
     assert max(a.batch_size for a in answers) > 1
     for word, answer in zip(WORDS * 2, answers, strict=True):
-        expected = engine.search(word, k=3, candidates=3, rerank=False)
-        assert [c.photo_id for c in answer.pool] == [r.candidate.photo_id for r in expected.results]
-        assert answer.pool[0].score == pytest.approx(expected.results[0].candidate.score, abs=1e-5)
-        assert set(answer.timings_ms) == {"queue", "encode", "search"}
+        expected = engine.search_text(word, k=3, candidates=3, rerank=False)
+        assert [c.photo_id for c in answer.prepared.page] == [r.candidate.photo_id for r in expected.results]
+        assert answer.prepared.page[0].score == pytest.approx(expected.results[0].candidate.score, abs=1e-5)
+        assert set(answer.timings_ms) >= {"queue", "encode", "select", "search", "rank"}
 
 
 def test_repeated_queries_hit_the_embedding_cache(engine) -> None:
     batcher = QueryBatcher(max_batch=4, max_wait_ms=0.0, cache_size=8)
 
     async def twice():
-        first = await batcher.retrieve(engine, "night city", 2)
-        second = await batcher.retrieve(engine, "night city", 5)
+        first = await batcher.retrieve(engine, plain("night city", 2))
+        second = await batcher.retrieve(engine, plain("night city", 5))
         return first, second
 
     try:
@@ -51,8 +56,8 @@ def test_repeated_queries_hit_the_embedding_cache(engine) -> None:
     assert not first.cached
     assert second.cached
     assert second.timings_ms["encode"] == 0.0
-    assert len(first.pool) == 2
-    assert len(second.pool) == 5
+    assert len(first.prepared.page) == 2
+    assert len(second.prepared.page) == 5
     assert batcher.cache.hits == 1
 
 
@@ -65,14 +70,33 @@ def test_a_failing_batch_fails_its_requests_not_the_worker(engine, monkeypatch) 
     async def run():
         monkeypatch.setattr(engine, "encode_queries", broken)
         with pytest.raises(RuntimeError, match="exploded"):
-            await batcher.retrieve(engine, "forest", 2)
+            await batcher.retrieve(engine, plain("forest", 2))
         monkeypatch.undo()
-        return await batcher.retrieve(engine, "forest", 2)
+        return await batcher.retrieve(engine, plain("forest", 2))
 
     try:
-        assert len(asyncio.run(run()).pool) == 2
+        assert len(asyncio.run(run()).prepared.page) == 2
     finally:
         batcher.close()
+
+
+def test_a_refused_query_fails_only_its_own_request(engine) -> None:
+    batcher = QueryBatcher(max_batch=8, max_wait_ms=20.0, cache_size=0)
+    bad = Query.from_text("night city", filters=Filters(country=["Iceland"]))  # this index has no country column
+
+    async def mixed():
+        return await asyncio.gather(
+            batcher.retrieve(engine, plain("white snow", 2)), batcher.retrieve(engine, bad), return_exceptions=True
+        )
+
+    try:
+        good, refused = asyncio.run(mixed())
+    finally:
+        batcher.close()
+    assert not isinstance(good, BaseException)
+    assert len(good.prepared.page) == 2
+    assert isinstance(refused, QueryError)
+    assert "filters.country" in str(refused)
 
 
 class _Gate:
@@ -100,20 +124,20 @@ def test_a_query_whose_client_left_is_dropped_before_it_starts(engine, monkeypat
     batcher.admission.batch_done(size=1, seconds=0.0)  # measured as free: only the queue limit applies
 
     async def run():
-        first = asyncio.ensure_future(batcher.retrieve(engine, "forest", 2))
+        first = asyncio.ensure_future(batcher.retrieve(engine, plain("forest", 2)))
         await asyncio.to_thread(gate.entered.wait, 30)
         gone = asyncio.Event()
-        second = asyncio.ensure_future(batcher.retrieve(engine, "beach", 2, disconnected=gone.wait))
+        second = asyncio.ensure_future(batcher.retrieve(engine, plain("beach", 2), disconnected=gone.wait))
         await asyncio.sleep(0)  # let it queue
         gone.set()
         with pytest.raises(ClientDisconnected):
             await second
         gate.release.set()
         await first
-        return await batcher.retrieve(engine, "mountain", 2)  # the worker moved past the dropped job
+        return await batcher.retrieve(engine, plain("mountain", 2))  # the worker moved past the dropped job
 
     try:
-        assert len(asyncio.run(run()).pool) == 2
+        assert len(asyncio.run(run()).prepared.page) == 2
     finally:
         gate.release.set()
         batcher.close()
@@ -129,13 +153,13 @@ def test_a_full_queue_sheds_at_once_with_a_reason(engine, monkeypatch) -> None:
     batcher.admission.batch_done(size=1, seconds=0.0)  # measured as free: only the queue limit applies
 
     async def run():
-        first = asyncio.ensure_future(batcher.retrieve(engine, "forest", 2))
+        first = asyncio.ensure_future(batcher.retrieve(engine, plain("forest", 2)))
         await asyncio.to_thread(gate.entered.wait, 30)
-        waiting = [asyncio.ensure_future(batcher.retrieve(engine, w, 2)) for w in ("beach", "city")]
+        waiting = [asyncio.ensure_future(batcher.retrieve(engine, plain(w, 2))) for w in ("beach", "city")]
         await asyncio.sleep(0)
         assert batcher.depth == 2
         with pytest.raises(Overloaded) as info:
-            await batcher.retrieve(engine, "river", 2)
+            await batcher.retrieve(engine, plain("river", 2))
         gate.release.set()
         await asyncio.gather(first, *waiting)
         return info.value.shed
@@ -159,7 +183,7 @@ def test_a_predicted_late_start_sheds(engine) -> None:
 
     async def run():
         with pytest.raises(Overloaded) as info:
-            await batcher.retrieve(engine, "forest", 2)
+            await batcher.retrieve(engine, plain("forest", 2))
         return info.value.shed
 
     try:
@@ -175,12 +199,12 @@ def test_a_repeated_query_skips_the_queue_even_when_shedding(engine) -> None:
     batcher = QueryBatcher(max_batch=4, max_wait_ms=0.0, cache_size=8)
 
     async def run():
-        first = await batcher.retrieve(engine, "night city", 3)
+        first = await batcher.retrieve(engine, plain("night city", 3))
         batcher.admission.batch_done(size=1, seconds=10.0)
         batcher.admission.batch_started(size=1)  # the queue now sheds every new query...
-        again = await batcher.retrieve(engine, "night city", 3)  # ...but not a repeat
+        again = await batcher.retrieve(engine, plain("night city", 3))  # ...but not a repeat
         with pytest.raises(Overloaded):
-            await batcher.retrieve(engine, "night city", 4)  # another depth is a new search
+            await batcher.retrieve(engine, plain("night city", 4))  # another k is a new search
         return first, again
 
     try:
@@ -190,4 +214,4 @@ def test_a_repeated_query_skips_the_queue_even_when_shedding(engine) -> None:
     assert again.cached
     assert again.batch_size == 0
     assert again.timings_ms["queue"] == 0.0
-    assert [c.photo_id for c in again.pool] == [c.photo_id for c in first.pool]
+    assert [c.photo_id for c in again.prepared.page] == [c.photo_id for c in first.prepared.page]

@@ -41,11 +41,11 @@ class Reverse:
 
 def test_search_returns_the_nearest_with_timings(tmp_path, tiny_encoder) -> None:
     engine = load_engine(_artifact(tmp_path, tiny_encoder), tiny_encoder)
-    result = engine.search("night city", k=3, candidates=5)
+    result = engine.search_text("night city", k=3, candidates=5)
     assert [r.rank for r in result.results] == [1, 2, 3]
     assert result.results[0].candidate.photo_id == "photo3"
     assert result.results[0].candidate.score == pytest.approx(1.0, abs=1e-4)
-    assert set(result.timings_ms) == {"encode", "search", "rerank", "total"}
+    assert set(result.timings_ms) == {"encode", "select", "search", "rank", "rerank", "total"}
     assert result.timings_ms["total"] >= result.timings_ms["search"]
     assert result.rerank_applied is False
     assert result.rerank_fallback_reason == "disabled"
@@ -54,20 +54,20 @@ def test_search_returns_the_nearest_with_timings(tmp_path, tiny_encoder) -> None
 
 def test_reranker_is_applied_only_when_asked(tmp_path, tiny_encoder) -> None:
     engine = load_engine(_artifact(tmp_path, tiny_encoder), tiny_encoder, reranker=Reverse())
-    applied = engine.search("night city", k=2, candidates=6)
+    applied = engine.search_text("night city", k=2, candidates=6)
     assert applied.rerank_applied
     assert applied.results[0].reason
     assert applied.results[0].candidate.photo_id != "photo3"
     assert applied.rerank_usage == {"prompt_tokens": 10.0}
-    skipped = engine.search("night city", k=2, candidates=6, rerank=False)
+    skipped = engine.search_text("night city", k=2, candidates=6, rerank=False)
     assert skipped.results[0].candidate.photo_id == "photo3"
     assert skipped.rerank_fallback_reason == "not_requested"
 
 
 def test_long_queries_are_flagged_as_truncated(tmp_path, tiny_encoder) -> None:
     engine = load_engine(_artifact(tmp_path, tiny_encoder), tiny_encoder)
-    assert engine.search(" ".join(["forest"] * 120), k=1).query_truncated is True
-    assert engine.search("forest", k=1).query_truncated is False
+    assert engine.search_text(" ".join(["forest"] * 120), k=1).query_truncated is True
+    assert engine.search_text("forest", k=1).query_truncated is False
 
 
 def test_an_index_of_another_model_is_refused(tmp_path, tiny_encoder) -> None:

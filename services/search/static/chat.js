@@ -21,6 +21,8 @@
     breaker_open: "re-ranker paused after repeated failures",
     model_unavailable: "re-rank model not found (retired?)",
     error: "re-ranker error",
+    not_first_page: "re-ranking orders the first page only",
+    sorted: "sorted, not re-ranked",
   };
 
   const apiBase = document.body.dataset.apiBase || "";
@@ -29,8 +31,15 @@
   const input = document.getElementById("query");
   const sendButton = document.getElementById("send");
   const rerankSelect = document.getElementById("rerank");
+  const colorChips = document.getElementById("color-chips");
+  const sinceInput = document.getElementById("since");
+  const minScoreInput = document.getElementById("min-score");
+  const minScoreValue = document.getElementById("min-score-value");
 
   let inFlight = false;
+  let lastQuery = null;
+  // Filters for the next search: chips toggle values in these sets; the date and slider are read when sending.
+  const chosen = { orientation: new Set(), color: new Set() };
 
   /** Create an element with an optional class and plain-text content (never parsed as HTML). */
   function el(tag, className, text) {
@@ -154,8 +163,85 @@
     return item;
   }
 
+  /** The query string for `query` with the current filters (and a cursor for "show more"). */
+  function searchParams(query, cursor) {
+    const params = new URLSearchParams({
+      q: query,
+      k: String(RESULTS_PER_QUERY),
+      candidates: String(CANDIDATES),
+      rerank: rerankSelect.value,
+    });
+    for (const value of chosen.orientation) params.append("orientation", value);
+    for (const value of chosen.color) params.append("color", value);
+    if (sinceInput.value) params.set("submitted_from", sinceInput.value);
+    const minScore = Number(minScoreInput.value);
+    if (minScore > 0) params.set("min_score", minScore.toFixed(2));
+    if (cursor) params.set("cursor", cursor);
+    return params;
+  }
+
+  function pageText(page, shown) {
+    if (!page || typeof page !== "object") return null;
+    const parts = [];
+    if (typeof page.total === "number") {
+      parts.push(`${shown} of ${page.total}${page.total_exact === false ? "+" : ""}`);
+    }
+    if (page.order && page.order !== "relevance") parts.push(`order: ${page.order}`);
+    if (page.dropped_duplicates) parts.push(`${page.dropped_duplicates} duplicates dropped`);
+    return parts.length ? parts.join(" · ") : null;
+  }
+
+  /** Colour chips from the answer's facets (the top colours among the results), keeping chosen ones. */
+  function updateColorChips(facets) {
+    const counts = facets && facets.color && typeof facets.color === "object" ? facets.color : {};
+    const names = [...new Set([...chosen.color, ...Object.keys(counts)])].slice(0, 10);
+    colorChips.replaceChildren();
+    for (const name of names) {
+      const chip = el("button", "chip", name);
+      chip.type = "button";
+      chip.dataset.filter = "color";
+      chip.dataset.value = name;
+      chip.setAttribute("aria-pressed", String(chosen.color.has(name)));
+      if (typeof counts[name] === "number") chip.appendChild(el("span", "chip-count", String(counts[name])));
+      colorChips.appendChild(chip);
+    }
+  }
+
+  /** "Show more": fetch the next page with the answer's cursor and append it to the same grid. */
+  function moreButton(query, params, page, bubble) {
+    const button = el("button", "more", "Show more");
+    button.type = "button";
+    let cursor = page.next_cursor;
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const next = new URLSearchParams(params);
+        next.set("cursor", cursor);
+        next.set("rerank", "off");
+        const response = await fetch(`${apiBase}/search?${next}`, { headers: { Accept: "application/json" } });
+        const { json } = await readBody(response);
+        if (!response.ok || !json || !Array.isArray(json.results)) {
+          button.replaceWith(el("p", "notice", `Could not load more (HTTP ${response.status}).`));
+          return;
+        }
+        const grid = bubble.querySelector(".grid");
+        const start = grid ? grid.children.length : 0;
+        json.results.forEach((hit, i) => grid && grid.appendChild(renderHit(hit || {}, start + i)));
+        const info = bubble.querySelector(".page-info");
+        const text = pageText(json.page, grid ? grid.children.length : 0);
+        if (info && text) info.textContent = text;
+        cursor = json.page && json.page.next_cursor;
+        if (cursor) button.disabled = false;
+        else button.remove();
+      } catch (err) {
+        button.replaceWith(el("p", "notice", `Could not load more: ${err && err.message ? err.message : err}`));
+      }
+    });
+    return button;
+  }
+
   /** The answer bubble for a successful SearchResponse. */
-  function renderAnswer(query, data, clientMs) {
+  function renderAnswer(query, data, clientMs, params) {
     const bubble = el("article", "bubble bubble-bot answer");
     bubble.setAttribute("aria-label", `Results for “${query}”`);
     const results = Array.isArray(data.results) ? data.results : [];
@@ -170,8 +256,14 @@
         el("p", "notice", "Served from a cached index: the model registry could not be reached just now."),
       );
     }
+    const page = data.page && typeof data.page === "object" ? data.page : null;
+    if (page && page.fewer_than_k === "min_score") {
+      bubble.appendChild(
+        el("p", "notice", `Only ${results.length} photos pass the relevance threshold; lower it to see more.`),
+      );
+    }
     if (results.length === 0) {
-      bubble.appendChild(el("p", "empty", "No photos matched. Try describing it differently."));
+      bubble.appendChild(el("p", "empty", "No photos matched. Try describing it differently, or loosen the filters."));
     } else {
       const grid = el("ol", "grid");
       grid.setAttribute("aria-label", `${results.length} matching photos`);
@@ -194,6 +286,12 @@
     if (tooltip) meta.title = tooltip;
     if (data.rerank && data.rerank.detail) meta.dataset.rerankDetail = String(data.rerank.detail);
     bubble.appendChild(meta);
+    const info = pageText(page, results.length);
+    if (info) bubble.appendChild(el("p", "meta page-info", info));
+    if (page && typeof page.next_cursor === "string" && page.next_cursor) {
+      bubble.appendChild(moreButton(query, params, page, bubble));
+    }
+    updateColorChips(data.facets);
     return bubble;
   }
 
@@ -254,12 +352,8 @@
     const pending = pendingBubble();
     addRow("bot", pending);
 
-    const params = new URLSearchParams({
-      q: query,
-      k: String(RESULTS_PER_QUERY),
-      candidates: String(CANDIDATES),
-      rerank: rerankSelect.value,
-    });
+    lastQuery = query;
+    const params = searchParams(query, null);
     const controller = new AbortController();
     const timer = window.setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
     const started = performance.now();
@@ -272,7 +366,7 @@
       const { json, text } = await readBody(response);
       const clientMs = performance.now() - started;
       if (response.ok && json && typeof json === "object") {
-        bubble = renderAnswer(query, json, clientMs);
+        bubble = renderAnswer(query, json, clientMs, params);
       } else {
         const requestId = (json && json.request_id) || response.headers.get("x-request-id");
         const detail = json ? detailText(json.detail) : text.slice(0, 300);
@@ -310,6 +404,29 @@
     input.value = "";
     search(query);
   });
+
+  /** A filter changed: re-run the last query with it (when nothing is in flight). */
+  function filtersChanged() {
+    if (lastQuery && !inFlight) search(lastQuery);
+  }
+
+  document.getElementById("filters").addEventListener("click", (event) => {
+    const chip = event.target instanceof Element ? event.target.closest(".chip") : null;
+    if (!chip || inFlight) return;
+    const set = chosen[chip.dataset.filter];
+    if (!set) return;
+    const value = chip.dataset.value;
+    if (set.has(value)) set.delete(value);
+    else set.add(value);
+    chip.setAttribute("aria-pressed", String(set.has(value)));
+    filtersChanged();
+  });
+  sinceInput.addEventListener("change", filtersChanged);
+  minScoreInput.addEventListener("input", () => {
+    const value = Number(minScoreInput.value);
+    minScoreValue.textContent = value > 0 ? value.toFixed(2) : "off";
+  });
+  minScoreInput.addEventListener("change", filtersChanged);
 
   for (const button of document.querySelectorAll(".example")) {
     button.addEventListener("click", () => {
