@@ -8,28 +8,25 @@ when a new index version arrives, so a request never mixes two versions.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clipsearch.compose import QueryVector, compose, encode_missing, gather_images, without_excluded
 from clipsearch.errors import ArtifactError
-from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
+from clipsearch.image_input import ImageLimits, QueryImage
+from clipsearch.query import Query
+from clipsearch.rerank.base import NoopReranker, RerankContext, Reranker, clip_order, rerank_context
 from clipsearch.types import Candidate, RerankOutcome, SearchResult
 
 if TYPE_CHECKING:
     from clipsearch.encoder import ClipEncoder
     from clipsearch.index.artifact import IndexArtifact
+    from clipsearch.safe_fetch import SafeFetcher
 
-
-@dataclass(frozen=True)
-class QueryVector:
-    """An encoded query: the unit vector and whether the text was cut to CLIP's context length."""
-
-    vector: np.ndarray
-    truncated: bool
+__all__ = ["QueryVector", "SearchEngine", "load_engine"]
 
 
 class SearchEngine:
@@ -45,6 +42,9 @@ class SearchEngine:
         self.encoder = encoder
         self.artifact = artifact
         self.reranker: Reranker = reranker or NoopReranker()
+        # Query images (clipsearch.image_input / safe_fetch): set by the caller from `inputs` settings.
+        self.image_limits = ImageLimits()
+        self.fetcher: SafeFetcher | None = None
 
     @property
     def index_version(self) -> str:
@@ -58,6 +58,50 @@ class SearchEngine:
         """Encode a batch of queries in one forward pass (the service micro-batches concurrent requests)."""
         vectors, truncated = self.encoder.encode_text_with_flags(list(queries))
         return [QueryVector(vector=v, truncated=t) for v, t in zip(vectors, truncated, strict=True)]
+
+    def query_vector(
+        self,
+        query: Query,
+        encoded: Mapping[str, QueryVector] | None = None,
+        images: Mapping[str, QueryImage] | None = None,
+    ) -> QueryVector:
+        """The query's terms -> one unit vector: the normalised weighted sum of the terms' unit vectors
+        (`clipsearch.compose`). Texts and images not in `encoded` (keyed by `compose.term_key`) are encoded here,
+        each kind in one pass; images not in `images` are decoded (URLs fetched by `self.fetcher`); photo ids use
+        the index's stored vectors. The result carries the echo of each term and the photo ids to exclude."""
+        known = dict(encoded or {})
+        decoded = dict(images or {})
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        gathered = gather_images(query, self.image_limits, self.fetcher, skip={**known, **decoded})
+        if gathered:
+            timings["image_input"] = (time.perf_counter() - t0) * 1000.0
+            decoded.update(gathered)
+        new, encode_timings = encode_missing(self.encoder, query, known, decoded)
+        known.update(new)
+        timings.update(encode_timings)
+        return compose(query, known, self.artifact, decoded, timings)
+
+    def search_query(self, query: Query) -> SearchResult:
+        """Answer a composed `Query` (terms with weights; k, candidates, rerank): the CLI and evaluate path."""
+        start = time.perf_counter()
+        encoded = self.query_vector(query)
+        t0 = time.perf_counter()
+        depth = max(query.k, query.candidates)
+        pool = self.retrieve(encoded.vector[None, :], depth + len(encoded.exclude))[0]
+        pool = without_excluded(pool, encoded.exclude, depth)
+        search_ms = (time.perf_counter() - t0) * 1000.0
+        result = self.rank(
+            query.text,
+            encoded,
+            pool,
+            k=query.k,
+            rerank=query.rerank != "off",
+            started_at=start,
+            timings_ms={"encode": 0.0, **encoded.timings_ms, "search": search_ms},
+            context=rerank_context(query, encoded, self.artifact),
+        )
+        return result
 
     def retrieve(self, vectors: np.ndarray, candidates: int) -> list[list[Candidate]]:
         """The nearest `candidates` photos for each row of `vectors`, in one batched index search."""
@@ -115,12 +159,16 @@ class SearchEngine:
         rerank: bool,
         started_at: float,
         timings_ms: dict[str, float],
+        context: RerankContext | None = None,
     ) -> SearchResult:
         """Re-rank the retrieved pool (or keep CLIP order) and assemble the result; `timings_ms` gains
-        `rerank` and `total` (measured from `started_at`)."""
+        `rerank` and `total` (measured from `started_at`). `context`: query images and terms to avoid."""
         t0 = time.perf_counter()
         if rerank and not isinstance(self.reranker, NoopReranker) and pool:
-            outcome = self.reranker.rerank(query, pool, k)
+            if context is not None:
+                outcome = self.reranker.rerank(query, pool, k, context=context)
+            else:
+                outcome = self.reranker.rerank(query, pool, k)
         else:
             outcome = RerankOutcome(
                 results=clip_order(pool, k),
@@ -139,6 +187,7 @@ class SearchEngine:
             rerank_detail=outcome.detail,
             rerank_usage=outcome.usage,
             rerank_model=outcome.model,
+            understood=encoded.terms,
         )
 
 

@@ -335,6 +335,27 @@ class ServiceSettings(Section):
     embedding_cache_size: int = Field(4096, ge=0, description="Repeated query texts skip the encoder (LRU).")
 
 
+class InputSettings(Section):
+    """Query images (uploads, image URLs) are hostile input: caps on bytes and pixels, and a guarded URL fetcher.
+
+    `fetch_allow_hosts` names hosts, IP addresses or networks (CIDR) that an image URL may reach although they
+    are not public (loopback, private, link-local, metadata); empty in production. Env: a JSON list, e.g.
+    `CLIPSEARCH_INPUTS__FETCH_ALLOW_HOSTS='["127.0.0.1"]'`.
+    """
+
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Bytes of one image.")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, le=200_000_000, description="width x height before decoding (decompression bombs)."
+    )
+    fetch_connect_timeout_s: float = Field(3.0, gt=0, le=30)
+    fetch_read_timeout_s: float = Field(5.0, gt=0, le=60, description="Longest wait for the next bytes.")
+    fetch_total_timeout_s: float = Field(10.0, gt=0, le=120, description="Whole fetch, redirects included.")
+    fetch_max_redirects: int = Field(3, ge=0, le=10)
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list, description="Hosts/IPs/CIDRs allowed although not public (tests: 127.0.0.1)."
+    )
+
+
 class _PrefixedEnvSource(EnvSettingsSource):
     """CLIPSEARCH_* variables, minus the few that name files or test tools rather than settings."""
 
@@ -361,6 +382,7 @@ class Settings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    inputs: InputSettings = Field(default_factory=InputSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clipsearch.compose import UnderstoodTerm
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,4 @@ class SearchResult:
     rerank_detail: str | None = None
     rerank_usage: dict[str, float] = field(default_factory=dict)
     rerank_model: str | None = None
+    understood: tuple[UnderstoodTerm, ...] = ()  # how each term of a composed query was read

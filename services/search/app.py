@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.settings import Settings, get_settings
 from services.search import ops_routes, search_routes
+from services.search.query_adapters import document_search_body
 from services.search.schemas import ErrorResponse
 from services.search.state import ServiceState
 from services.search.telemetry import Metrics, configure_json_logging, request_id_var
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
     _install_middleware(app, metrics)
     _install_error_handlers(app)
     app.include_router(search_routes.router)
+    document_search_body(app)  # POST /search reads JSON or multipart itself: its OpenAPI body is written there
     app.include_router(ops_routes.router)
     if settings.service.ui_enabled:
         from services.search.ui import mount_ui

@@ -9,6 +9,12 @@ passes, and a lone query waits at most `max_wait_ms`.
 
 Repeated queries skip the encoder through an LRU of embeddings keyed by the query text (the encoder is
 fixed for the process, so text alone identifies the vector).
+
+Composed queries (`clipsearch.query.Query`: texts, images, image URLs, photo ids with weights) go through the
+same worker: the texts of every waiting query are encoded in one pass and their images in another (images are
+decoded and URLs fetched by the route before a job is queued, so the worker only runs the model). Uploaded
+images are cached by the sha256 of their bytes beside the texts (`compose.term_key`); photo ids need no
+encoder. Each job's vector is then composed (`SearchEngine.query_vector`), and all jobs search in one product.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clipsearch.compose import image_terms, term_key, without_excluded
 from clipsearch.engine import QueryVector, SearchEngine
+from clipsearch.image_input import QueryImage
+from clipsearch.query import Query, Term
 from clipsearch.rerank.lru import LruCache
 from clipsearch.types import Candidate
 
@@ -43,11 +52,17 @@ class Retrieved:
 @dataclass
 class _Job:
     engine: SearchEngine
-    text: str
+    query: Query
+    images: dict[str, QueryImage]
     candidates: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Retrieved]
     submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def keys(self) -> list[str]:
+        """The cacheable terms' keys (texts and uploaded images; URLs are fetched afresh, photo ids are free)."""
+        return [term_key(t) for t in self.query.terms if t.text is not None or t.image is not None]
 
 
 class QueryBatcher:
@@ -62,8 +77,23 @@ class QueryBatcher:
         self._thread.start()
 
     async def retrieve(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved:
+        """One text query (the plain path)."""
+        return await self.retrieve_query(engine, Query(terms=[Term(text=text)]), {}, candidates)
+
+    async def retrieve_query(
+        self, engine: SearchEngine, query: Query, images: dict[str, QueryImage], candidates: int
+    ) -> Retrieved:
+        """A composed query whose image terms are already decoded (`compose.gather_images`): its vector and
+        its `candidates` nearest photos (photo-id terms excluded)."""
         loop = asyncio.get_running_loop()
-        job = _Job(engine=engine, text=text, candidates=candidates, loop=loop, future=loop.create_future())
+        job = _Job(
+            engine=engine,
+            query=query,
+            images=images,
+            candidates=candidates,
+            loop=loop,
+            future=loop.create_future(),
+        )
         self._queue.put(job)
         return await job.future
 
@@ -107,38 +137,72 @@ class QueryBatcher:
     def _process(self, jobs: list[_Job]) -> None:
         engine = jobs[0].engine
         started = time.perf_counter()
-        encoded: dict[str, QueryVector] = {}
+        known: dict[str, QueryVector] = {}
         cached: set[str] = set()
-        missing: list[str] = []
         for job in jobs:
-            if job.text in encoded or job.text in missing:
-                continue
-            hit = self.cache.get(job.text)
-            if hit is not None:
-                encoded[job.text] = hit
-                cached.add(job.text)
-            else:
-                missing.append(job.text)
-        if missing:
-            for text, vector in zip(missing, engine.encode_queries(missing), strict=True):
-                encoded[text] = vector
+            for key in job.keys:
+                if key in known:
+                    continue
+                hit = self.cache.get(key)
+                if hit is not None:
+                    known[key] = hit
+                    cached.add(key)
+        texts = list(
+            dict.fromkeys(t.text for job in jobs for t in job.query.terms if t.text is not None and t.text not in known)
+        )
+        text_ms = image_ms = 0.0
+        if texts:
+            for text, vector in zip(texts, engine.encode_queries(texts), strict=True):
+                known[text] = vector
                 self.cache.put(text, vector)
+            text_ms = (time.perf_counter() - started) * 1000.0
+        images: dict[str, QueryImage] = {}
+        for job in jobs:
+            for _, term in image_terms(job.query):
+                key = term_key(term)
+                if key not in known and key in job.images:
+                    images.setdefault(key, job.images[key])
+        if images:
+            t0 = time.perf_counter()
+            keys = list(images)
+            vectors = engine.encoder.encode_images([images[k].image for k in keys])
+            for key, vector in zip(keys, vectors, strict=True):
+                known[key] = QueryVector(vector=vector, truncated=False)
+                if key.startswith("\x00image:"):
+                    self.cache.put(key, known[key])
+            image_ms = (time.perf_counter() - t0) * 1000.0
+        composed: list[QueryVector | BaseException] = []
+        for job in jobs:
+            try:
+                composed.append(engine.query_vector(job.query, known, job.images))
+            except Exception as exc:  # one job's bad term (a photo id not in the index) fails only that job
+                composed.append(exc)
         encoded_at = time.perf_counter()
-        depth = max(job.candidates for job in jobs)
-        pools = engine.retrieve(np.stack([encoded[job.text].vector for job in jobs]), depth)
+        good = [(job, qv) for job, qv in zip(jobs, composed, strict=True) if isinstance(qv, QueryVector)]
+        for job, qv in zip(jobs, composed, strict=True):
+            if not isinstance(qv, QueryVector):
+                job.loop.call_soon_threadsafe(_set_exception, job.future, qv)
+        if not good:
+            return
+        depth = max(job.candidates + len(qv.exclude) for job, qv in good)
+        pools = engine.retrieve(np.stack([qv.vector for _, qv in good]), depth)
         searched_at = time.perf_counter()
-        encode_ms = (encoded_at - started) * 1000.0
         search_ms = (searched_at - encoded_at) * 1000.0
-        for job, pool in zip(jobs, pools, strict=True):
+        for (job, qv), pool in zip(good, pools, strict=True):
+            keys = job.keys
+            uses_text = any(t.text is not None for t in job.query.terms)
+            uses_image = bool(image_terms(job.query))
+            all_cached = bool(keys) and all(k in cached for k in keys)
+            timings = {"queue": (started - job.submitted) * 1000.0}
+            timings["encode"] = text_ms if uses_text and not all_cached else 0.0
+            if uses_image:
+                timings["image_encode"] = image_ms if not all_cached else 0.0
+            timings["search"] = search_ms
             result = Retrieved(
-                encoded=encoded[job.text],
-                pool=pool[: job.candidates],
-                timings_ms={
-                    "queue": (started - job.submitted) * 1000.0,
-                    "encode": 0.0 if job.text in cached else encode_ms,
-                    "search": search_ms,
-                },
-                cached=job.text in cached,
+                encoded=qv,
+                pool=without_excluded(pool, qv.exclude, job.candidates),
+                timings_ms=timings,
+                cached=all_cached,
                 batch_size=len(jobs),
             )
             job.loop.call_soon_threadsafe(_set_result, job.future, result)

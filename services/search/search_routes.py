@@ -11,45 +11,38 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from clipsearch.compose import QueryVector, gather_images, image_terms, query_kind
+from clipsearch.image_input import ImageInputError, QueryImage
 from clipsearch.images import image_path, is_safe_photo_id
+from clipsearch.query import Query as SearchQuery
+from clipsearch.query import QueryError
+from clipsearch.rerank.base import rerank_context
 from clipsearch.rerank.thumbnails import make_thumbnail
+from clipsearch.safe_fetch import FetchError
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
 from services.search.index_manager import ServingIndex
+from services.search.query_adapters import AdapterError, from_get, from_request
 from services.search.schemas import (
     ErrorResponse,
     RerankInfo,
     RerankMode,
     SearchHit,
-    SearchRequest,
     SearchResponse,
+    Understood,
+    UnderstoodTerm,
 )
 from services.search.state import ServiceState, ServingDep, StateDep
 
 THUMB_PX = 320
 
 
-def _validate_query(svc: ServiceState, q: str, k: int, candidates: int, rerank: RerankMode) -> str:
-    limits = svc.settings.service
-    text = q.strip()
-    if not text:
-        raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
-    if len(text) > limits.max_query_chars:
-        raise HTTPException(
-            422, detail=f"q: the query is {len(text)} characters; the limit is {limits.max_query_chars}"
-        )
-    if not 1 <= k <= limits.max_k:
-        raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
-    if not 1 <= candidates <= limits.max_candidates:
-        raise HTTPException(422, detail=f"candidates: must be between 1 and {limits.max_candidates}")
-    if candidates < k:
-        raise HTTPException(422, detail=f"candidates ({candidates}) must be at least k ({k})")
+def _check_rerank(svc: ServiceState, rerank: RerankMode) -> None:
     if rerank == "on" and not svc.rerank_available:
         raise HTTPException(
             409,
             detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
         )
-    return text
 
 
 def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
@@ -60,23 +53,52 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
     return reason, reason or "disabled"
 
 
-async def _run_search(
-    svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
+async def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, query: SearchQuery) -> SearchResponse:
+    """Decode/fetch images (off the event loop), then encode + compose + search in the micro-batcher, then
+    re-rank (network: off the event loop). Every refusal is a 4xx with a reason."""
+    kind = query_kind(query)
+    try:
+        return await _answer(svc, serving, request, query, kind)
+    except HTTPException as exc:
+        svc.metrics.observe_query(kind, exc.status_code, None)
+        raise
+    except (QueryError, ImageInputError, FetchError) as exc:
+        status = getattr(exc, "status", 422)
+        svc.metrics.observe_query(kind, status, None)
+        raise HTTPException(status, detail=str(exc)) from None
+
+
+async def _answer(
+    svc: ServiceState, serving: ServingIndex, request: Request, query: SearchQuery, kind: str
 ) -> SearchResponse:
-    """Validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
-    text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    _check_rerank(svc, query.rerank)
     engine = serving.engine
     start = time.perf_counter()
-    got = await svc.batcher.retrieve(engine, text, max(body.k, body.candidates))
+    images: dict[str, QueryImage] = {}
+    input_ms = None
+    if image_terms(query):
+        images = await asyncio.to_thread(gather_images, query, svc.image_limits, svc.fetcher)
+        input_ms = (time.perf_counter() - start) * 1000.0
+    got = await svc.batcher.retrieve_query(engine, query, images, max(query.k, query.candidates))
     encoded = got.encoded
-    use_rerank = body.rerank != "off" and svc.rerank_available
+    timings = {**({"image_input": input_ms} if input_ms is not None else {}), **got.timings_ms}
+    use_rerank = query.rerank != "off" and svc.rerank_available
     rank = partial(
-        engine.rank, text, encoded, got.pool, k=body.k, rerank=use_rerank, started_at=start, timings_ms=got.timings_ms
+        engine.rank,
+        query.text,
+        encoded,
+        got.pool,
+        k=query.k,
+        rerank=use_rerank,
+        started_at=start,
+        timings_ms=timings,
+        context=rerank_context(query, encoded, engine.artifact) if use_rerank else None,
     )
     result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
     top1 = result.results[0].candidate.score if result.results else None
-    fallback_reason, outcome = _rerank_outcome(body.rerank, result)
+    fallback_reason, outcome = _rerank_outcome(query.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
+    svc.metrics.observe_query(kind, 200, result.timings_ms.get("total"))
     svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
     hits = []
@@ -99,12 +121,13 @@ async def _run_search(
             )
         )
     return SearchResponse(
-        query=text,
+        query=query.text,
         query_truncated=result.query_truncated,
+        understood=understood(kind, encoded),
         results=hits,
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
         rerank=RerankInfo(
-            requested=body.rerank,
+            requested=query.rerank,
             applied=result.rerank_applied,
             fallback_reason=fallback_reason,
             detail=result.rerank_detail,
@@ -113,6 +136,17 @@ async def _run_search(
         index_version=serving.index_version,
         stale=svc.index.stale,
         request_id=request.state.request_id,
+    )
+
+
+def understood(kind: str, encoded: QueryVector) -> Understood:
+    """The response's echo of the query (see `clipsearch.compose.UnderstoodTerm`)."""
+    terms = [UnderstoodTerm(**t.as_dict()) for t in encoded.terms]
+    return Understood(
+        kind=kind,
+        terms=terms,
+        excluded=list(encoded.exclude),
+        truncated=[i for i, t in enumerate(terms) if t.truncated],
     )
 
 
@@ -126,12 +160,32 @@ router = APIRouter(tags=["search"])
 """`/search` and `/images/{photo_id}`; `app.include_router(router)` wires them (see `app.create_app`)."""
 
 
-@router.get("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text")
+@router.get(
+    "/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    summary="Search images by text, by example photos ('like') and with things to avoid ('not')",
+    responses={422: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
 async def search_get(
     request: Request,
     svc: StateDep,
     serving: ServingDep,
-    q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
+    q: Annotated[
+        str | None, Query(description="What to look for (weight 1).", examples=["a foggy forest at dawn"])
+    ] = None,
+    like: Annotated[
+        list[str] | None,
+        Query(
+            description="A photo id of the served index: 'more like this' (repeatable; weight 1 each; the photo "
+            "itself is left out of the results).",
+            examples=["Xy3kP0aZ9bQ"],
+        ),
+    ] = None,
+    not_: Annotated[
+        list[str] | None,
+        Query(alias="not", description="Something to avoid (repeatable; weight -1 each).", examples=["people"]),
+    ] = None,
     k: Annotated[int | None, Query(description="Results to return (default: search.k).")] = None,
     candidates: Annotated[
         int | None, Query(description="Nearest neighbours to re-rank from (default: search.candidates).")
@@ -139,18 +193,36 @@ async def search_get(
     rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
 ) -> SearchResponse:
     defaults = svc.settings.search
-    body = SearchRequest(
-        q=q,
-        k=defaults.k if k is None else k,
-        candidates=defaults.candidates if candidates is None else candidates,
-        rerank=rerank,
-    )
-    return await _run_search(svc, serving, request, body)
+    try:
+        query = from_get(
+            svc.settings,
+            q=q,
+            like=like or [],
+            not_=not_ or [],
+            k=defaults.k if k is None else k,
+            candidates=defaults.candidates if candidates is None else candidates,
+            rerank=rerank,
+        )
+    except AdapterError as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from None
+    return await _run_search(svc, serving, request, query)
 
 
-@router.post("/search", response_model=SearchResponse, tags=["search"], summary="Search images by text (JSON body)")
-async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
-    return await _run_search(svc, serving, request, body)
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    tags=["search"],
+    summary="Search with a composed query: JSON (images as base64) or multipart (image files)",
+    responses={413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def search_post(request: Request, svc: StateDep, serving: ServingDep) -> SearchResponse:
+    """The body is `SearchRequest` as JSON, or the same fields as a multipart form with image files (`image`);
+    see the request body's examples. The answer's `understood` says how each term was read."""
+    try:
+        query = await from_request(request, svc.settings)
+    except AdapterError as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from None
+    return await _run_search(svc, serving, request, query)
 
 
 @router.get(

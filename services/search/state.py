@@ -13,8 +13,10 @@ from fastapi import Depends, HTTPException, Request
 from clipsearch.drift import DriftResult
 from clipsearch.encoder import ClipEncoder
 from clipsearch.errors import ClipsearchError
+from clipsearch.image_input import ImageLimits
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import GeminiReranker, build_reranker
+from clipsearch.safe_fetch import FetchPolicy, SafeFetcher
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
@@ -47,6 +49,8 @@ class ServiceState:
             max_wait_ms=settings.service.batch_max_wait_ms,
             cache_size=settings.service.embedding_cache_size,
         )
+        self.image_limits = ImageLimits.from_settings(settings.inputs)  # query images (uploads and URLs)
+        self.fetcher = SafeFetcher(FetchPolicy.from_settings(settings.inputs))
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
 
@@ -122,6 +126,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.batcher.close()
+        self.fetcher.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
