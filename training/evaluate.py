@@ -4,6 +4,8 @@ Judgments come from Unsplash Lite itself (conversions graded by distinct users, 
 plus user-confirmed keywords); see `clipsearch.relevance`. Retrieval is evaluated in CLIP order (the
 re-ranker is an online component with its own budget and fallbacks), through the same `SearchEngine.search`
 the service calls, so the latency recorded here is the served code path's.
+
+Query by example ("more like this") is scored beside the text metrics (`qbe_*`, see `training.evaluate_qbe`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from clipsearch.metrics import evaluate_rankings, latency_summary
 from clipsearch.registry import client_for, flatten_params, registry_errors, use_experiment
 from clipsearch.relevance import JudgedQuery, build_judgments, normalise_query
 from clipsearch.settings import Settings, get_settings
+from training.evaluate_qbe import evaluate_examples
 
 log = logging.getLogger("training.evaluate")
 
@@ -150,11 +153,14 @@ def main() -> None:
         "n_queries": len(rows),
         "index_size": len(engine.artifact.ids),
     }
+    examples, example_rows = evaluate_examples(engine, conversions, keywords, depth)  # query by example
+    metrics.update(examples)
     METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     out = settings.evaluate.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps({"judgments": judgment_info, "queries": rows}, indent=1))
+    (out / "evaluation_examples.json").write_text(json.dumps({"examples": example_rows}, indent=1))
     sample = list(settings.evaluate.sample_queries) + [q.query for q in queries[:3]]
     grid = results_grid(engine, sample, settings.dataset.data_dir / "images", out / "results_grid.png")
     reference_texts = reference_queries(conversions, keywords) or [q.query for q in queries]
@@ -175,6 +181,7 @@ def main() -> None:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(grid))
             mlflow.log_artifact(str(out / "evaluation.json"))
+            mlflow.log_artifact(str(out / "evaluation_examples.json"))
             mlflow.log_artifact(str(METRICS_FILE))
             mlflow.set_tags({"index_version": engine.index_version, "model": engine.artifact.manifest.model.describe()})
             run_id = run.info.run_id

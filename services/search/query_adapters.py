@@ -87,7 +87,7 @@ def _build(terms: list[Any], settings: Settings, **fields: Any) -> Query:
     if fields.get("k") is not None and fields.get("candidates") is not None:
         check_paging(settings, fields["k"], fields["candidates"])
     try:
-        query = Query(terms=terms, **{k: v for k, v in fields.items() if v is not None})
+        query = Query(terms=terms, **{k: v for k, v in _strip_private(fields).items() if v is not None})
     except ValidationError as exc:
         raise AdapterError(422, validation_detail(exc)) from None
     for i, term in enumerate(query.terms):

@@ -122,6 +122,8 @@ def service_env(repo: PipelineRepo, cache_dir: Path, **overrides: str) -> dict[s
         "CLIPSEARCH_SERVICE__DRIFT_MIN_QUERIES": "5",
         "CLIPSEARCH_RERANK__BUDGET_S": "0.6",
         "CLIPSEARCH_RERANK__THUMBNAIL_PX": "64",
+        # Image URLs may reach the loopback fixture server (and only it): production allows no private address.
+        "CLIPSEARCH_INPUTS__FETCH_ALLOW_HOSTS": '["127.0.0.1"]',
     }
     env.update(overrides)
     return env

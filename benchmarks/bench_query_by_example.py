@@ -1,0 +1,265 @@
+"""Query by example (issue 10): image-query encode, photo-id queries over HTTP, and the cost of composing terms.
+
+Three parts, each printed as a table and saved together to `benchmarks/results/query_by_example.json`:
+
+- `encode`: one 400 px JPEG query image -> unit vector on CPU, the path an upload takes: validate + decode
+  (`clipsearch.image_input.load_query_image`) + CLIP preprocessing + the ViT-B-32 visual tower, batch of one.
+  Variants side by side, interleaved per image: the PyTorch tower (what the service runs) and the same tower
+  exported to ONNX Runtime (fp32; bench only), plus decode + preprocess alone. Target: p50 <= 40 ms on 2 cores.
+- `compose`: in process, on a `--size` artifact: a 3-term query (text 2x, a photo id, a negative text) through
+  `SearchEngine.query_vector` vs encoding its two new texts alone (one batched pass, what `query_vector` runs);
+  the difference is what composition adds (target <= 1 ms). Also a photo-id-only query vector.
+- `http`: the real service (mlflow server + registered `--size` artifact + uvicorn, as `bench_service`):
+  sequential `GET /search?like=<photo_id>&rerank=off` (no encoder on the path) beside `GET /search?q=...`
+  (text encode); p95 target for photo ids <= 5 ms end to end over HTTP at 25K.
+
+Random ViT-B-32 weights cost what pretrained ones do. Shared machines are noisy: read the load average.
+
+    python -m benchmarks.bench_query_by_example [--size 25000] [--n 200] [--skip-http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.common import QUERIES, percentiles_ms, print_table, write_result
+
+ARCH = "ViT-B-32"
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg_400(seed: int) -> bytes:
+    """A 400x267 JPEG with photo-like structure (smooth gradients + noise), like Unsplash's ?w=400 images."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:267, 0:400].astype(np.float32)
+    base = np.stack(
+        [np.sin(x / (30 + 10 * c) + seed) * 60 + np.cos(y / (25 + 7 * c)) * 60 + 120 for c in range(3)], axis=-1
+    )
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def _onnx_visual(encoder: Any, workdir: Path, threads: int) -> Any:
+    """The visual tower in ONNX Runtime (fp32, batch 1): a bench-only export."""
+    import onnxruntime as ort
+
+    path = workdir / "visual.onnx"
+    example = torch.zeros((1, *encoder.image_backend.input_shape))
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            encoder.model.visual, (example,), str(path), dynamo=True, external_data=False, input_names=["pixels"]
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch.numpy()})[0]
+
+
+def bench_encode(n: int, threads: int) -> list[dict[str, Any]]:
+    from clipsearch.encoder import ClipEncoder
+    from clipsearch.image_input import load_query_image
+    from clipsearch.settings import ModelSettings
+
+    torch.set_num_threads(threads)
+    encoder = ClipEncoder(ModelSettings(arch=ARCH, pretrained="random", device="cpu", precision="fp32")).load()
+    backend = encoder.image_backend
+    images = [jpeg_400(i) for i in range(n)]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-qbe-"))
+    variants: dict[str, Any] = {
+        "decode+preprocess": lambda data: backend.preprocess(load_query_image(data).image),
+        "torch fp32 (served)": lambda data: backend.encode_tensors(
+            backend.preprocess(load_query_image(data).image)[None]
+        ),
+    }
+    parity = None
+    try:
+        onnx = _onnx_visual(encoder, workdir, threads)
+        variants["onnx fp32 (bench only)"] = lambda data: onnx(backend.preprocess(load_query_image(data).image)[None])
+        probe = backend.preprocess(load_query_image(images[0]).image)[None]
+        a = backend.encode_tensors(probe)[0]
+        b = onnx(probe)[0]
+        parity = float(np.dot(a, b / np.linalg.norm(b)))
+    except Exception as exc:  # the export is optional: report why it is missing
+        print(f"ONNX export of the visual tower failed: {type(exc).__name__}: {exc}", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for data in images[:3]:
+        for fn in variants.values():
+            fn(data)
+    for data in images:  # interleaved: a burst of load hits every variant alike
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn(data)
+            times[name].append(time.perf_counter() - t0)
+    rows = [{"variant": name, **percentiles_ms(ts)} for name, ts in times.items()]
+    if parity is not None:
+        rows[-1]["cosine_to_torch"] = round(parity, 6)
+    return rows
+
+
+def prepare_artifact(workdir: Path, size: int) -> tuple[Path, Path]:
+    from benchmarks.bench_service import prepare
+
+    return prepare(workdir, size, "numpy")
+
+
+def bench_compose(index_dir: Path, weights: Path, n: int) -> list[dict[str, Any]]:
+    from clipsearch.encoder import ClipEncoder
+    from clipsearch.engine import load_engine
+    from clipsearch.query import Query, Term
+    from clipsearch.settings import ModelSettings
+
+    encoder = ClipEncoder(ModelSettings(arch=ARCH, pretrained=str(weights), device="cpu"))
+    engine = load_engine(index_dir, encoder)
+    ids = [str(i) for i in engine.artifact.ids[:n]]
+    new_terms, composed, photo_only = [], [], []
+    engine.query_vector(Query(terms=[Term(text="warm up"), Term(photo_id=ids[0])]))
+    for i in range(n):
+        a, b = f"{QUERIES[i % len(QUERIES)]} {i}", f"{QUERIES[(i + 7) % len(QUERIES)]} {i}"
+        query = Query(terms=[Term(text=a, weight=2), Term(photo_id=ids[i]), Term(text=b, weight=-1)])
+        t0 = time.perf_counter()
+        engine.encode_queries([a, b])  # the new terms' encode, one batched pass (what query_vector runs)
+        t1 = time.perf_counter()
+        engine.query_vector(query)  # the same encode + the photo's stored vector + the weighted sum + echo
+        t2 = time.perf_counter()
+        engine.query_vector(Query(terms=[Term(photo_id=ids[i])]))
+        t3 = time.perf_counter()
+        new_terms.append(t1 - t0)
+        composed.append(t2 - t1)
+        photo_only.append(t3 - t2)
+    overhead = [c - e for c, e in zip(composed, new_terms, strict=True)]
+    return [
+        {"variant": "encode of the 2 new texts", **percentiles_ms(new_terms)},
+        {"variant": "3-term query_vector", **percentiles_ms(composed)},
+        {"variant": "composition overhead (paired)", **percentiles_ms(overhead)},
+        {"variant": "photo-id query_vector", **percentiles_ms(photo_only)},
+    ]
+
+
+def bench_http(workdir: Path, index_dir: Path, weights: Path, n: int) -> tuple[list[dict[str, Any]], float]:
+    from benchmarks.bench_service import register
+    from tests.support.processes import free_port, mlflow_server, wait_http
+
+    rows = []
+    with mlflow_server(workdir / "mlflow") as tracking_uri:
+        register(tracking_uri, index_dir)
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "CLIPSEARCH_PARAMS": str(workdir / "no-params.yaml"),
+            "CLIPSEARCH_MODEL__ARCH": ARCH,
+            "CLIPSEARCH_MODEL__PRETRAINED": str(weights),
+            "CLIPSEARCH_MODEL__DEVICE": "cpu",
+            "CLIPSEARCH_REGISTRY__TRACKING_URI": tracking_uri,
+            "CLIPSEARCH_SERVICE__CACHE_DIR": str(workdir / "cache"),
+            "CLIPSEARCH_SERVICE__POLL_INTERVAL_S": "3600",
+            "CLIPSEARCH_SERVICE__EMBEDDING_CACHE_SIZE": "0",
+            "CLIPSEARCH_RERANK__ENABLED": "false",
+        }
+        env.pop("GEMINI_API_KEY", None)
+        cmd = [str(BIN / "uvicorn"), "services.search.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        log = (workdir / "service.log").open("wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        try:
+            wait_http(f"{base_url}/readyz", 300, proc, workdir / "service.log")
+            ids = [f"bench{i:07d}" for i in range(n + 10)]
+            with httpx.Client(base_url=base_url, timeout=30) as client:
+                for label, params_of in (
+                    ("GET like=<photo_id>", lambda i: {"like": ids[i], "rerank": "off"}),
+                    ("GET q=<text>", lambda i: {"q": f"{QUERIES[i % len(QUERIES)]} {i}", "rerank": "off"}),
+                    (
+                        "GET q + like + not (3 terms)",
+                        lambda i: [
+                            ("q", f"{QUERIES[i % len(QUERIES)]} x{i}"),
+                            ("like", ids[i]),
+                            ("not", f"people {i}"),
+                        ],
+                    ),
+                ):
+                    times, server = [], []
+                    for i in range(n + 5):
+                        t0 = time.perf_counter()
+                        r = client.get("/search", params=params_of(i))
+                        elapsed = time.perf_counter() - t0
+                        r.raise_for_status()
+                        if i >= 5:
+                            times.append(elapsed)
+                            server.append(r.json()["timings_ms"]["total"])
+                    rows.append(
+                        {
+                            "variant": label,
+                            **percentiles_ms(times),
+                            "server_total_p50_ms": round(float(np.median(server)), 3),
+                        }
+                    )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+    return rows, os.getloadavg()[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=25_000)
+    parser.add_argument("--n", type=int, default=200, help="measured repetitions per variant")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args(argv)
+
+    load_before = os.getloadavg()
+    encode = bench_encode(args.n, args.threads)
+    print_table(
+        encode, ["variant", "n", "p50_ms", "p95_ms", "p99_ms", "cosine_to_torch"], "image query encode (400 px JPEG)"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="bench-qbe-"))
+    weights, index_dir = prepare_artifact(workdir, args.size)
+    compose = bench_compose(index_dir, weights, args.n)
+    print_table(compose, ["variant", "n", "p50_ms", "p95_ms", "p99_ms"], f"composed query vector ({args.size})")
+    http: list[dict[str, Any]] = []
+    load_http = None
+    if not args.skip_http:
+        http, load_http = bench_http(workdir, index_dir, weights, args.n)
+        print_table(http, ["variant", "n", "p50_ms", "p95_ms", "p99_ms", "server_total_p50_ms"], f"HTTP ({args.size})")
+    path = write_result(
+        "query_by_example",
+        {
+            "size": args.size,
+            "arch": ARCH,
+            "threads": args.threads,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_http": load_http,
+            "encode": encode,
+            "compose": compose,
+            "http": http,
+            "targets": {"image_encode_p50_ms": 40, "photo_id_http_p95_ms": 5, "composition_overhead_ms": 1},
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
