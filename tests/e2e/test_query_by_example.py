@@ -171,7 +171,7 @@ def test_rerank_sees_the_query_image_and_what_to_avoid(live_service: LiveService
         ({"json": {"image_url": ["http://127.0.0.2:1/a.jpg"]}}, 422, "loopback"),  # only 127.0.0.1 is allowed
         ({"json": {"image_url": ["file:///etc/passwd"]}}, 422, "http(s)"),
         ({"json": {"like": ["notInTheIndex"]}}, 422, "not in the served index"),
-        ({"json": {"terms": [{"text": "snow"}, {"text": "snow", "weight": -1}]}}, 422, "positive weight"),
+        ({"json": {"terms": [{"text": "snow", "weight": -1}]}}, 422, "positive weight"),
         ({"json": {"terms": [{"text": "snow", "weight": 2}, {"text": "snow", "weight": -2}]}}, 422, "cancel out"),
         ({"json": {"terms": [{"text": "snow"}, {"like": "x"}]}}, 422, "terms.1"),
         ({"json": {"like": [f"p{i}" for i in range(9)]}}, 422, "at most 8"),
@@ -294,3 +294,21 @@ def test_cli_image_like_not_and_weights(
     assert bad.returncode == 2 and "not in the served index" in bad.stderr
     text = repo.run(str(BIN / "clipsearch"), "search", "--like", photo, "--no-rerank").stdout
     assert text.splitlines()[0].startswith(f"photo_id:{photo}")
+
+
+def test_evaluate_scores_query_by_example_next_to_text(live_service: LiveService) -> None:
+    from mlflow import MlflowClient
+
+    root = live_service.repo.root
+    metrics = json.loads((root / "metrics.json").read_text())
+    for name in ("qbe_ndcg_at_4", "qbe_precision_at_4", "qbe_recall_at_10", "qbe_mrr", "qbe_n_queries"):
+        assert name in metrics, name
+    assert metrics["qbe_n_queries"] > 0 and 0 <= metrics["qbe_ndcg_at_4"] <= 1
+    assert "ndcg_at_4" in metrics  # the text metrics are still there, beside them
+    examples = json.loads((root / "reports" / "evaluation_examples.json").read_text())["examples"]
+    assert examples and all(e["photo_id"] not in e["ranked"] for e in examples)  # "more like this" excludes itself
+    run_id = json.loads((root / "reports" / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri=live_service.repo.tracking_uri)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["qbe_ndcg_at_4"] == pytest.approx(metrics["qbe_ndcg_at_4"])
+    assert "ndcg_at_4" in logged
