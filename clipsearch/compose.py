@@ -239,7 +239,7 @@ def encode_missing(
         if missing:
             raise QueryError("an image term was not decoded before encoding")  # a caller bug, not user input
         t0 = time.perf_counter()
-        vectors = encoder.encode_images([images[k].image for k in keys])
+        vectors = encoder.encode_query_images([images[k].image for k in keys])
         out.update((k, QueryVector(vector=v, truncated=False)) for k, v in zip(keys, vectors, strict=True))
         timings["image_encode"] = (time.perf_counter() - t0) * 1000.0
     return out, timings

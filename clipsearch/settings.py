@@ -105,6 +105,12 @@ class ModelSettings(Section):
         "and cached; torch when text_precision is bf16 or the export is impossible) and torch on CUDA; 'onnx' and "
         "'torch' force one (onnx is ignored on CUDA). Same weights and identity.",
     )
+    query_image_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="Engine for the vision tower on query images (uploads, image URLs): 'auto' is ONNX Runtime fp32 "
+        "on CPU (exported once per weights and cached beside the text graph; torch when the export is impossible) "
+        "and torch on CUDA. The embed stage always runs torch. Same weights and identity.",
+    )
     onnx_quantize: Literal["none", "int8"] = Field(
         "none", description="With text_backend onnx: 'int8' dynamic quantisation (faster, cosine to fp32 >= 0.99)."
     )

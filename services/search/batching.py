@@ -165,7 +165,7 @@ class QueryBatcher:
         if images:
             t0 = time.perf_counter()
             keys = list(images)
-            vectors = engine.encoder.encode_images([images[k].image for k in keys])
+            vectors = engine.encoder.encode_query_images([images[k].image for k in keys])
             for key, vector in zip(keys, vectors, strict=True):
                 known[key] = QueryVector(vector=vector, truncated=False)
                 if key.startswith("\x00image:"):
