@@ -11,7 +11,8 @@ An uploaded image, an image fetched from a URL and a file given to the CLI all p
 - transparent pixels composited onto white, then RGB (what CLIP's preprocessing expects).
 
 Large JPEGs are decoded at a reduced DCT scale (`draft`) that still leaves at least `DRAFT_MIN_SIDE` pixels on
-the short side: CLIP looks at 224 px, so decoding 24 MP to throw most of it away would only cost time.
+the short side, and any decoded image is then scaled to at most `KEEP_MAX_SIDE` pixels a side: CLIP looks at
+224 px, so keeping 24 MP in memory (or decoding all of it) would only cost time and memory.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from clipsearch.settings import InputSettings
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 DRAFT_MIN_SIDE = 448  # a JPEG is decoded at the smallest DCT scale keeping at least this many pixels a side
+KEEP_MAX_SIDE = 1024  # decoded images larger than this are scaled down once (CLIP's input is 224 px)
 THUMBNAIL_PX = 256  # the re-ranker's view of a query image (capped again by rerank.thumbnail_px)
 THUMBNAIL_QUALITY = 85
 
@@ -121,6 +123,8 @@ def load_query_image(data: bytes, limits: ImageLimits | None = None, *, field: s
             orientation = img.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
             rgb = _to_rgb(upright)
+            if max(rgb.size) > KEEP_MAX_SIDE:  # CLIP sees 224 px: keep memory and the thumbnail's cost bounded
+                rgb.thumbnail((KEEP_MAX_SIDE, KEEP_MAX_SIDE), Image.Resampling.LANCZOS)
     except ImageInputError:
         raise
     except UnidentifiedImageError:

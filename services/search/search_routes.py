@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -83,23 +83,28 @@ async def _answer(
     encoded = got.encoded
     timings = {**({"image_input": input_ms} if input_ms is not None else {}), **got.timings_ms}
     use_rerank = query.rerank != "off" and svc.rerank_available
-    rank = partial(
-        engine.rank,
-        query.text,
-        encoded,
-        got.pool,
-        k=query.k,
-        rerank=use_rerank,
-        started_at=start,
-        timings_ms=timings,
-        context=rerank_context(query, encoded, engine.artifact) if use_rerank else None,
-    )
+
+    def rank() -> SearchResult:
+        # the query images' thumbnails for the re-ranker are made here, off the event loop
+        context = rerank_context(query, encoded, engine.artifact) if use_rerank else None
+        return engine.rank(
+            query.text,
+            encoded,
+            got.pool,
+            k=query.k,
+            rerank=use_rerank,
+            started_at=start,
+            timings_ms=timings,
+            context=context,
+        )
+
     result: SearchResult = await asyncio.to_thread(rank) if use_rerank else rank()
     top1 = result.results[0].candidate.score if result.results else None
     fallback_reason, outcome = _rerank_outcome(query.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
     svc.metrics.observe_query(kind, 200, result.timings_ms.get("total"))
-    svc.drift.record(encoded.vector, top1)
+    if kind == "text":  # the drift reference is text queries: image and photo vectors would read as drift
+        svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
     hits = []
     for r in result.results:
