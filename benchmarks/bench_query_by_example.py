@@ -77,24 +77,36 @@ def bench_encode(n: int, threads: int) -> list[dict[str, Any]]:
     probe = [load_query_image(d).image for d in images[:5]]
     parity = float(np.min(np.sum(encoder.encode_query_images(probe) * encoder.encode_images(probe), axis=1)))
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for data in images[:3]:
         for fn in variants.values():
             fn(data)
     for data in images:  # interleaved: a burst of load hits every variant alike
         for name, fn in variants.items():
-            t1 = time.perf_counter()
+            c1, t1 = time.process_time(), time.perf_counter()
             fn(data)
             times[name].append(time.perf_counter() - t1)
-    rows = [{"variant": name, **percentiles_ms(ts)} for name, ts in times.items()]
+            cpu[name].append(time.process_time() - c1)
+    # CPU seconds used per image (all threads): on a busy shared machine wall time mostly measures the wait for a
+    # core; CPU time / threads is what the same work would take on `threads` idle cores (if it parallelises).
+    rows = [
+        {
+            "variant": name,
+            **percentiles_ms(ts),
+            "cpu_p50_ms": round(float(np.median(cpu[name])) * 1000.0, 2),
+            "idle_estimate_p50_ms": round(float(np.median(cpu[name])) * 1000.0 / threads, 2),
+        }
+        for name, ts in times.items()
+    ]
     rows[1]["cosine_to_torch_min"] = round(parity, 6)
     rows[1]["backend_ready_s"] = round(ready_s, 1)
     return rows
 
 
-def prepare_artifact(workdir: Path, size: int) -> tuple[Path, Path]:
+def prepare_artifact(workdir: Path, size: int, exact_backend: str) -> tuple[Path, Path]:
     from benchmarks.bench_service import prepare
 
-    return prepare(workdir, size, "numpy")
+    return prepare(workdir, size, exact_backend)
 
 
 def bench_compose(index_dir: Path, weights: Path, n: int) -> list[dict[str, Any]]:
@@ -180,12 +192,15 @@ def bench_http(workdir: Path, index_dir: Path, weights: Path, n: int) -> tuple[l
                         r.raise_for_status()
                         if i >= 5:
                             times.append(elapsed)
-                            server.append(r.json()["timings_ms"]["total"])
+                            server.append(r.json()["timings_ms"])
                     rows.append(
                         {
                             "variant": label,
                             **percentiles_ms(times),
-                            "server_total_p50_ms": round(float(np.median(server)), 3),
+                            **{
+                                f"server_{k}_p50_ms": round(float(np.median([t.get(k, 0.0) for t in server])), 3)
+                                for k in ("total", "queue", "encode", "search")
+                            },
                         }
                     )
         finally:
@@ -205,28 +220,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-encode", type=int, default=60, help="measured images per encode variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--parts", default="encode,compose,http", help="comma-separated subset to run")
+    parser.add_argument("--exact-backend", default="numpy", choices=["numpy", "faiss"])
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
-    encode = bench_encode(args.n_encode, args.threads)
-    print_table(
-        encode,
-        ["variant", "n", "p50_ms", "p95_ms", "p99_ms", "cosine_to_torch_min"],
-        "image query encode (400 px JPEG)",
-    )
+    parts = set(args.parts.split(","))
+    if args.skip_http:
+        parts.discard("http")
+    encode = bench_encode(args.n_encode, args.threads) if "encode" in parts else []
+    if encode:
+        print_table(
+            encode,
+            ["variant", "n", "p50_ms", "p95_ms", "cpu_p50_ms", "idle_estimate_p50_ms", "cosine_to_torch_min"],
+            "image query encode (400 px JPEG)",
+        )
     workdir = Path(tempfile.mkdtemp(prefix="bench-qbe-"))
-    weights, index_dir = prepare_artifact(workdir, args.size)
-    compose = bench_compose(index_dir, weights, args.n)
-    print_table(compose, ["variant", "n", "p50_ms", "p95_ms", "p99_ms"], f"composed query vector ({args.size})")
+    weights, index_dir = prepare_artifact(workdir, args.size, args.exact_backend)
+    compose = bench_compose(index_dir, weights, args.n) if "compose" in parts else []
+    if compose:
+        print_table(compose, ["variant", "n", "p50_ms", "p95_ms", "p99_ms"], f"composed query vector ({args.size})")
     http: list[dict[str, Any]] = []
     load_http = None
-    if not args.skip_http:
+    if "http" in parts:
         http, load_http = bench_http(workdir, index_dir, weights, args.n)
-        print_table(http, ["variant", "n", "p50_ms", "p95_ms", "p99_ms", "server_total_p50_ms"], f"HTTP ({args.size})")
+        print_table(
+            http,
+            ["variant", "n", "p50_ms", "p95_ms", "p99_ms", "server_total_p50_ms", "server_search_p50_ms"],
+            f"HTTP ({args.size})",
+        )
     path = write_result(
-        "query_by_example",
+        "query_by_example"
+        + ("" if parts == {"encode", "compose", "http"} else "_" + "_".join(sorted(parts)))
+        + ("" if args.exact_backend == "numpy" else f"_{args.exact_backend}"),
         {
             "size": args.size,
+            "exact_backend": args.exact_backend,
             "arch": ARCH,
             "threads": args.threads,
             "load_average_before": [round(x, 2) for x in load_before],

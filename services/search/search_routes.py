@@ -21,6 +21,7 @@ from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.safe_fetch import FetchError
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
+from services.search.batching import direct_retrieve
 from services.search.index_manager import ServingIndex
 from services.search.query_adapters import AdapterError, from_get, from_request
 from services.search.schemas import (
@@ -79,7 +80,13 @@ async def _answer(
     if image_terms(query):
         images = await asyncio.to_thread(gather_images, query, svc.image_limits, svc.fetcher)
         input_ms = (time.perf_counter() - start) * 1000.0
-    got = await svc.batcher.retrieve_query(engine, query, images, max(query.k, query.candidates))
+    depth = max(query.k, query.candidates)
+    if all(t.photo_id is not None for t in query.terms):
+        # no encoder on the path ("more like this"): stored vectors and one index search, without waiting for
+        # the micro-batcher's company or queueing behind text encodes
+        got = await asyncio.to_thread(direct_retrieve, engine, query, depth)
+    else:
+        got = await svc.batcher.retrieve_query(engine, query, images, depth)
     encoded = got.encoded
     timings = {**({"image_input": input_ms} if input_ms is not None else {}), **got.timings_ms}
     use_rerank = query.rerank != "off" and svc.rerank_available

@@ -172,3 +172,12 @@ def test_reranker_gets_query_images_examples_and_things_to_avoid(tmp_path, tiny_
 def test_words_are_found_by_composed_text(engine) -> None:
     result = engine.search_query(Query(terms=[Term(text=WORDS[3], weight=3)], k=1, candidates=3, rerank="off"))
     assert result.results[0].candidate.photo_id == "photo3"
+
+
+def test_photo_id_queries_skip_the_batcher(engine) -> None:
+    from services.search.batching import direct_retrieve
+
+    got = direct_retrieve(engine, Query(terms=[Term(photo_id="photo2"), Term(photo_id="photo5", weight=0.5)]), 3)
+    assert [c.rank for c in got.pool] == [1, 2, 3]
+    assert not {"photo2", "photo5"} & {c.photo_id for c in got.pool}
+    assert got.encoded.exclude == ("photo2", "photo5") and set(got.timings_ms) == {"encode", "search"}
