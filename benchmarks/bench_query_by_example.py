@@ -69,10 +69,14 @@ def bench_encode(n: int, threads: int) -> list[dict[str, Any]]:
     ready_s = time.perf_counter() - t0
     backend = encoder.image_backend
     images = [jpeg_400(i) for i in range(n)]
+    int8 = ClipEncoder(
+        ModelSettings(arch=ARCH, pretrained="random", device="cpu", precision="fp32", query_image_quantize="int8")
+    ).load()
     variants: dict[str, Any] = {
         "decode+preprocess": lambda data: backend.preprocess(load_query_image(data).image),
         f"{onnx_backend.name} (served)": lambda data: encoder.encode_query_images([load_query_image(data).image]),
         f"{backend.name}": lambda data: encoder.encode_images([load_query_image(data).image]),
+        "onnx-int8 (query_image_quantize: int8)": lambda data: int8.encode_query_images([load_query_image(data).image]),
     }
     probe = [load_query_image(d).image for d in images[:5]]
     parity = float(np.min(np.sum(encoder.encode_query_images(probe) * encoder.encode_images(probe), axis=1)))
@@ -99,6 +103,9 @@ def bench_encode(n: int, threads: int) -> list[dict[str, Any]]:
         for name, ts in times.items()
     ]
     rows[1]["cosine_to_torch_min"] = round(parity, 6)
+    rows[3]["cosine_to_torch_min"] = round(
+        float(np.min(np.sum(int8.encode_query_images(probe) * encoder.encode_images(probe), axis=1))), 6
+    )
     rows[1]["backend_ready_s"] = round(ready_s, 1)
     return rows
 

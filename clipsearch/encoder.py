@@ -281,6 +281,7 @@ class ClipEncoder:
                 weights_sha256=self.identity.weights_sha256,
                 cache_dir=self.settings.onnx_cache_dir,
                 threads=torch.get_num_threads(),
+                quantize=self.settings.query_image_quantize,
             )
         except (ConfigError, ModelLoadError) as exc:
             if choice == "onnx":

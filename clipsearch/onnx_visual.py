@@ -24,7 +24,7 @@ import torch
 
 from clipsearch.errors import ConfigError, ModelLoadError
 from clipsearch.fileio import atomic_path
-from clipsearch.onnx_text import _quiet_loggers, _require, cache_path, default_cache_dir
+from clipsearch.onnx_text import _quiet_loggers, _require, cache_path, default_cache_dir, quantize_int8
 from clipsearch.visual import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class OnnxImageBackend:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.preprocess = preprocess
         self.input_shape = input_shape
-        self.name = "onnx-fp32"
+        self.name = "onnx-int8" if "-int8-" in path.name else "onnx-fp32"
 
     def encode_tensors(self, batch: torch.Tensor) -> np.ndarray:
         pixels = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
@@ -79,8 +79,8 @@ class OnnxImageBackend:
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def visual_cache_path(cache_dir: Path, arch: str, weights_sha256: str) -> Path:
-    text_path = cache_path(cache_dir, arch, weights_sha256, "none")
+def visual_cache_path(cache_dir: Path, arch: str, weights_sha256: str, quantize: str = "none") -> Path:
+    text_path = cache_path(cache_dir, arch, weights_sha256, quantize)
     name = text_path.name.replace("clipsearch-", f"clipsearch-visual-v{GRAPH_VERSION}-", 1)
     return cache_dir / name
 
@@ -94,11 +94,12 @@ def load_onnx_image_backend(
     weights_sha256: str,
     cache_dir: Path | None,
     threads: int,
+    quantize: str = "none",
 ) -> OnnxImageBackend:
     """The cached vision graph for these weights (exported on the first load only) in an ORT session."""
     _require("onnxruntime")
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = visual_cache_path(directory, arch, weights_sha256)
+    path = visual_cache_path(directory, arch, weights_sha256, quantize)
     if path.is_file():
         try:
             backend = OnnxImageBackend(path, preprocess, input_shape, threads)
@@ -110,7 +111,15 @@ def load_onnx_image_backend(
     started = time.perf_counter()
     try:
         with atomic_path(path, durable=False, unique=True, suffix=".tmp.onnx") as tmp:
-            export_visual_graph(model.visual, input_shape, tmp)
+            if quantize == "int8":
+                fp32 = tmp.with_name(tmp.name + ".fp32.onnx")
+                try:
+                    export_visual_graph(model.visual, input_shape, fp32)
+                    quantize_int8(fp32, tmp)
+                finally:
+                    fp32.unlink(missing_ok=True)
+            else:
+                export_visual_graph(model.visual, input_shape, tmp)
     except ConfigError:
         raise
     except OSError as exc:

@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +76,9 @@ class QueryBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-batcher", daemon=True)
         self._thread.start()
+        # Queries with nothing to encode run here: one persistent thread, so FAISS/BLAS keep their thread team
+        # (a fresh pool thread per request paid to build one) and no request waits for the batch's company.
+        self._direct = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-direct")
 
     async def retrieve(self, engine: SearchEngine, text: str, candidates: int) -> Retrieved:
         """One text query (the plain path)."""
@@ -97,9 +101,15 @@ class QueryBatcher:
         self._queue.put(job)
         return await job.future
 
+    async def retrieve_direct(self, engine: SearchEngine, query: Query, candidates: int) -> Retrieved:
+        """A query with nothing to encode (photo ids only), on the direct thread (see `direct_retrieve`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._direct, direct_retrieve, engine, query, candidates)
+
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5)
+        self._direct.shutdown(wait=False)
 
     # -- worker ---------------------------------------------------------------------------------------
     def _collect(self, first: _Job) -> list[_Job]:

@@ -21,7 +21,6 @@ from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.safe_fetch import FetchError
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
-from services.search.batching import direct_retrieve
 from services.search.index_manager import ServingIndex
 from services.search.query_adapters import AdapterError, from_get, from_request
 from services.search.schemas import (
@@ -84,7 +83,7 @@ async def _answer(
     if all(t.photo_id is not None for t in query.terms):
         # no encoder on the path ("more like this"): stored vectors and one index search, without waiting for
         # the micro-batcher's company or queueing behind text encodes
-        got = await asyncio.to_thread(direct_retrieve, engine, query, depth)
+        got = await svc.batcher.retrieve_direct(engine, query, depth)
     else:
         got = await svc.batcher.retrieve_query(engine, query, images, depth)
     encoded = got.encoded

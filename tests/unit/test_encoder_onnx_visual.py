@@ -33,3 +33,11 @@ def test_torch_choice_keeps_pytorch(tiny_model_settings) -> None:
     encoder = ClipEncoder(tiny_model_settings.model_copy(update={"query_image_backend": "torch"})).load()
     assert encoder.query_image_backend is encoder.image_backend
     assert encoder.encode_query_images([]).shape == (0, encoder.dim)
+
+
+def test_int8_query_images_stay_close(tiny_model_settings) -> None:
+    encoder = ClipEncoder(tiny_model_settings.model_copy(update={"query_image_quantize": "int8"})).load()
+    assert encoder.query_image_backend.name == "onnx-int8"
+    images = _images()
+    cosine = np.sum(encoder.encode_query_images(images) * encoder.encode_images(images), axis=1)
+    assert float(cosine.min()) > 0.98
