@@ -221,14 +221,13 @@ class QueryBatcher:
 def direct_retrieve(engine: SearchEngine, query: Query, candidates: int) -> Retrieved:
     """A query with nothing to encode (photo ids only): its vector and pool, in the caller's thread."""
     started = time.perf_counter()
-    encoded = engine.query_vector(query)
-    composed_at = time.perf_counter()
+    encoded = engine.query_vector(query)  # stored vectors: no encoder runs
     pool = engine.retrieve(encoded.vector[None, :], candidates + len(encoded.exclude))[0]
     done = time.perf_counter()
     return Retrieved(
         encoded=encoded,
         pool=without_excluded(pool, encoded.exclude, candidates),
-        timings_ms={"encode": (composed_at - started) * 1000.0, "search": (done - composed_at) * 1000.0},
+        timings_ms={"encode": 0.0, "search": (done - started) * 1000.0},
         cached=False,
         batch_size=1,
     )
