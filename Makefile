@@ -116,6 +116,8 @@ bench: setup
 	python -m benchmarks.bench_service --rates 20,40,60 --duration 15
 	python -m benchmarks.bench_rerank
 	python -m benchmarks.bench_embed
+	python -m benchmarks.bench_query_by_example --parts encode,compose
+	python -m benchmarks.bench_query_by_example --parts http --exact-backend faiss
 	python -m benchmarks.report
 
 # Soak: 10 minutes at half the measured capacity; memory growth, open fds and p99 per minute (README figures).

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,9 +32,72 @@ def fail_cleanly() -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
+WEIGHTED = re.compile(r"^([+-]?\d+(?:\.\d+)?):(.+)$", re.DOTALL)
+
+
+def split_weight(value: str, default: float = 1.0) -> tuple[float, str]:
+    """`2:snow` -> (2.0, "snow"); `snow` -> (default, "snow") (rclip's weight syntax)."""
+    match = WEIGHTED.match(value.strip())
+    if match is None:
+        return default, value.strip()
+    return float(match.group(1)), match.group(2).strip()
+
+
+def build_terms(
+    query: str | None, images: list[str], like: list[str], avoid: list[str], max_bytes: int
+) -> list[dict[str, object]]:
+    """The CLI's arguments as `Term` fields: QUERY and --image/--like with optional weights, --not negative."""
+    terms: list[dict[str, object]] = []
+    if query is not None and query.strip():
+        weight, text = split_weight(query)
+        terms.append({"text": text, "weight": weight})
+    for value in images:
+        weight, where = split_weight(value)
+        if where.startswith(("http://", "https://")):
+            terms.append({"image_url": where, "weight": weight})
+            continue
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise typer.BadParameter(f"{where}: no such file (give a path or an http(s) URL)", param_hint="--image")
+        if path.stat().st_size > max_bytes:
+            raise typer.BadParameter(
+                f"{where}: {path.stat().st_size} bytes; the limit is {max_bytes} (inputs.max_image_bytes)",
+                param_hint="--image",
+            )
+        terms.append({"image": path.read_bytes(), "weight": weight})
+    for value in like:
+        weight, photo_id = split_weight(value)
+        terms.append({"photo_id": photo_id, "weight": weight})
+    for value in avoid:
+        weight, text = split_weight(value)
+        terms.append({"text": text, "weight": -abs(weight)})
+    return terms
+
+
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help='What to look for, e.g. "a foggy forest at dawn".')],
+    query: Annotated[
+        str | None,
+        typer.Argument(help='What to look for, e.g. "a foggy forest at dawn"; a weight may lead: "2:snow".'),
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", help="An example image: a file PATH or an http(s) URL (repeatable; `2:PATH` weighs it)."
+        ),
+    ] = None,
+    like: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--like", help="More like this indexed photo (PHOTO_ID; repeatable; the photo itself is left out)."
+        ),
+    ] = None,
+    avoid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--not", help="Something to avoid (TEXT, weight -1; `2:people` pushes twice as hard; repeatable)."
+        ),
+    ] = None,
     k: Annotated[int, typer.Option(min=1, max=100, help="How many results to show.")] = 4,
     candidates: Annotated[int, typer.Option(min=1, max=1000, help="How many nearest neighbours to consider.")] = 10,
     index_dir: Annotated[
@@ -58,43 +122,56 @@ def search(
     dedupe: Annotated[bool, typer.Option(help="Collapse near-duplicate photos to the best one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
-    """Search the local index artifact built by `dvc repro`."""
+    """Search the local index artifact built by `dvc repro`: by words, example images, similar photos, with
+    things to avoid. The query vector is the normalised weighted sum of the terms' unit vectors."""
     with fail_cleanly():
         from pydantic import ValidationError
 
         from clipsearch.encoder import ClipEncoder
         from clipsearch.engine import load_engine
+        from clipsearch.image_input import ImageLimits
         from clipsearch.query import Query, QueryError, filters_from_pairs
         from clipsearch.rerank.gemini import build_reranker
+        from clipsearch.safe_fetch import FetchPolicy, SafeFetcher
 
         settings = get_settings()
-        if not query.strip():
+        if query is not None and not query.strip():
             raise typer.BadParameter("the query is empty", param_hint="QUERY")
+        terms = build_terms(query, image or [], like or [], avoid or [], settings.inputs.max_image_bytes)
+        if not terms:
+            raise typer.BadParameter("give a QUERY, --image, or --like", param_hint="QUERY")
         try:
-            request = Query.from_text(
-                query.strip(),
-                k=k,
-                candidates=max(k, candidates),
-                rerank="auto" if rerank else "off",
-                mode=mode or settings.search.mode,
-                filters=filters_from_pairs(filters or []),
-                offset=offset,
-                cursor=cursor,
-                min_score=min_score,
-                sort=sort,
-                dedupe=dedupe,
+            request = Query.model_validate(
+                {
+                    "terms": terms,
+                    "k": k,
+                    "candidates": max(k, candidates),
+                    "rerank": "auto" if rerank else "off",
+                    "mode": mode or settings.search.mode,
+                    "filters": filters_from_pairs(filters or []),
+                    "offset": offset,
+                    "cursor": cursor,
+                    "min_score": min_score,
+                    "sort": sort,
+                    "dedupe": dedupe,
+                }
             )
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise QueryError(f"{'.'.join(str(p) for p in first['loc']) or 'query'}: {first['msg']}") from None
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()
+            )
+            raise QueryError(problems) from None
         reranker, status = (
             build_reranker(settings.rerank, settings.dataset.data_dir / "images") if rerank else (None, "off")
         )
         engine = load_engine(
             index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker, settings.search
         )
+        engine.image_limits = ImageLimits.from_settings(settings.inputs)
+        engine.fetcher = SafeFetcher(FetchPolicy.from_settings(settings.inputs))
         result = engine.search(request)
         page = result.page
+        understood = [t.as_dict() for t in result.understood]
         if as_json:
             typer.echo(
                 json.dumps(
@@ -126,8 +203,9 @@ def search(
                 )
             )
             return
+        shown = " ".join(_term_label(t) for t in understood)
         typer.echo(
-            f'"{query}"  (index {result.index_version}; mode {request.mode}; order {page.order}; re-rank: {status})'
+            f"{shown}  (index {result.index_version}; mode {request.mode}; order {page.order}; re-rank: {status})"
         )
         if result.query_truncated:
             typer.echo("note: the query was longer than CLIP's 77-token context and was truncated")
@@ -147,6 +225,14 @@ def search(
             typer.echo(f"next page: --cursor {page.next_cursor}")
         timings = "  ".join(f"{name} {ms:.1f} ms" for name, ms in result.timings_ms.items())
         typer.echo(f"timings: {timings}")
+
+
+def _term_label(term: dict[str, object]) -> str:
+    """`"snow"`, `-1:"people"`, `2:like:abc`, `image:PNG 40x30, ...` - one term as the CLI prints it."""
+    value = term.get("text") or term.get("photo_id") or term.get("image_url") or term.get("image") or "?"
+    body = f'"{value}"' if term["kind"] == "text" else f"{term['kind']}:{value}"
+    weight = float(term["weight"])  # type: ignore[arg-type]
+    return body if weight == 1 else f"{weight:g}:{body}"
 
 
 @app.command()

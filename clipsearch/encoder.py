@@ -107,6 +107,7 @@ class ClipEncoder:
         self._text: TextBackend | None = None
         self._padded: PaddedTextBackend | None = None
         self._image: ImageBackend | None = None
+        self._query_image: ImageBackend | None = None  # query images: ONNX Runtime on CPU (model.query_image_backend)
         self._device = torch.device("cpu")
         self._precision = "fp32"
         self._dim = int(cfg["embed_dim"]) if cfg else None
@@ -254,6 +255,45 @@ class ClipEncoder:
         return self._image
 
     @property
+    def query_image_backend(self) -> ImageBackend:
+        """The backend for query images (`model.query_image_backend`), chosen on first use (the service's warm-up):
+        ONNX Runtime on CPU under `auto`, else the torch image backend."""
+        torch_backend = self.image_backend
+        if self._query_image is None:
+            with self._text_lock:
+                if self._query_image is None:
+                    self._query_image = self._select_query_image_backend(torch_backend)
+        return self._query_image
+
+    def _select_query_image_backend(self, torch_backend: ImageBackend) -> ImageBackend:
+        choice = self.settings.query_image_backend
+        if choice == "torch" or self._device.type != "cpu":
+            return torch_backend
+        from clipsearch.onnx_visual import load_onnx_image_backend
+
+        started = time.perf_counter()
+        try:
+            backend = load_onnx_image_backend(
+                self.model,
+                torch_backend.preprocess,
+                torch_backend.input_shape,
+                arch=self.settings.arch,
+                weights_sha256=self.identity.weights_sha256,
+                cache_dir=self.settings.onnx_cache_dir,
+                threads=torch.get_num_threads(),
+                quantize=self.settings.query_image_quantize,
+            )
+        except (ConfigError, ModelLoadError) as exc:
+            if choice == "onnx":
+                raise
+            log.warning(
+                "model.query_image_backend auto: ONNX Runtime unavailable (%s); query images run in PyTorch", exc
+            )
+            return torch_backend
+        log.info("query image backend %s ready in %.1f s", backend.name, time.perf_counter() - started)
+        return backend
+
+    @property
     def preprocess(self) -> ImageTransform:
         """open_clip's inference transform (resize, centre crop, normalise). Picklable: fine in DataLoader workers."""
         return self.image_backend.preprocess
@@ -310,6 +350,12 @@ class ClipEncoder:
             return np.empty((0, self.dim), dtype=np.float32)
         return encode_images(self.image_backend, images, self.settings.batch_size, self.dim)
 
+    def encode_query_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """`encode_images` on the query image backend (ONNX Runtime on CPU by default): the query path."""
+        if not images:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return encode_images(self.query_image_backend, images, self.settings.batch_size, self.dim)
+
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         """L2-normalised float32 embeddings of an already preprocessed (n, 3, H, W) batch.
 
@@ -321,3 +367,4 @@ class ClipEncoder:
         """Load, then run one text and one image through the backends (first-call kernels and allocations)."""
         self.encode_text(["warm up"])
         self.encode_image_tensors(torch.zeros((1, *self.image_backend.input_shape)))
+        self.encode_query_images([Image.new("RGB", (64, 64))])  # the query image backend (an ONNX export once)

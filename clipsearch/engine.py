@@ -22,7 +22,6 @@ Order is stable for a given index version: equal scores break by row, so the sam
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -33,16 +32,29 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.compose import (
+    QueryVector,
+    compose,
+    encode_missing,
+    gather_images,
+    query_kind,
+    require_image_support,
+)
 from clipsearch.errors import ArtifactError
+from clipsearch.image_input import ImageLimits, QueryImage
 from clipsearch.index.filters import MISSING_TIME, Selection
-from clipsearch.query import Query, QueryError
-from clipsearch.rerank.base import NoopReranker, Reranker, clip_order
+from clipsearch.query import Query, QueryError, query_fingerprint
+from clipsearch.rerank.base import NoopReranker, Reranker, clip_order, rerank_context
 from clipsearch.settings import SearchSettings
 from clipsearch.types import Candidate, PageInfo, RankedResult, RerankOutcome, SearchResult
 
 if TYPE_CHECKING:
     from clipsearch.identity import ModelIdentity
     from clipsearch.index.artifact import IndexArtifact
+    from clipsearch.safe_fetch import SafeFetcher
+
+__all__ = ["QueryVector", "SearchEngine", "load_engine"]
+
 
 PAGE_BLOCK = 100
 
@@ -51,20 +63,16 @@ Scores = npt.NDArray[np.float32]
 
 
 class QueryEncoder(Protocol):
-    """What the engine needs to encode text queries: `ClipEncoder` (torch) or the artifact's ONNX encoder."""
+    """What the engine needs to encode queries: `ClipEncoder` (torch) or the artifact's ONNX encoder."""
 
     @property
     def identity(self) -> ModelIdentity: ...
 
     def encode_text_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]: ...
 
-
-@dataclass(frozen=True)
-class QueryVector:
-    """An encoded query: the unit vector and whether the text was cut to CLIP's context length."""
-
-    vector: np.ndarray
-    truncated: bool
+    # Optional: `encode_query_images(images: Sequence[PIL.Image.Image]) -> np.ndarray` (unit vectors of decoded,
+    # validated query images). `ClipEncoder` has it (ONNX Runtime vision tower or torch); the artifact's torch-free
+    # text encoder does not, and the engine refuses image terms for it (`compose.ImageQueryUnsupported`, 422).
 
 
 @dataclass
@@ -114,6 +122,9 @@ class SearchEngine:
         self.reranker: Reranker = reranker or NoopReranker()
         self.settings = settings or SearchSettings()
         artifact.brute_force_max = self.settings.filter_brute_force_max
+        # Query images (clipsearch.image_input / safe_fetch): set by the caller from `inputs` settings.
+        self.image_limits = ImageLimits()
+        self.fetcher: SafeFetcher | None = None
 
     @property
     def index_version(self) -> str:
@@ -134,34 +145,29 @@ class SearchEngine:
         vectors, truncated = self.encoder.encode_text_with_flags(list(queries))
         return [QueryVector(vector=v, truncated=t) for v, t in zip(vectors, truncated, strict=True)]
 
-    def query_vector(self, query: Query, encoded: Mapping[str, QueryVector] | None = None) -> QueryVector:
-        """The query's terms -> one unit vector: the normalised weighted sum of the terms' unit vectors.
-
-        Text terms are encoded by CLIP (or taken from `encoded`, text -> vector, when the caller batched them);
-        a photo id uses its stored vector. Image terms arrive with issue 10.
-        """
+    def query_vector(
+        self,
+        query: Query,
+        encoded: Mapping[str, QueryVector] | None = None,
+        images: Mapping[str, QueryImage] | None = None,
+    ) -> QueryVector:
+        """The query's terms -> one unit vector: the normalised weighted sum of the terms' unit vectors
+        (`clipsearch.compose`). Texts and images not in `encoded` (keyed by `compose.term_key`) are encoded here,
+        each kind in one pass; images not in `images` are decoded (URLs fetched by `self.fetcher`); photo ids use
+        the index's stored vectors. The result carries the echo of each term and the photo ids to exclude."""
+        require_image_support(self.encoder, query)
         known = dict(encoded or {})
-        missing = list(dict.fromkeys(t.text for t in query.terms if t.text is not None and t.text not in known))
-        if missing:
-            known.update(zip(missing, self.encode_queries(missing), strict=True))
-        total = np.zeros(self.artifact.manifest.dim, dtype=np.float32)
-        truncated = False
-        for i, term in enumerate(query.terms):
-            if term.text is not None:
-                qv = known[term.text]
-                vector, truncated = qv.vector, truncated or qv.truncated
-            elif term.photo_id is not None:
-                try:
-                    vector = self.artifact.vector_of(term.photo_id)
-                except KeyError:
-                    raise QueryError(f"terms[{i}].photo_id: photo {term.photo_id} is not in the served index") from None
-            else:
-                raise QueryError(f"terms[{i}]: {term.kind} terms are not supported by this version yet")
-            total += term.weight * np.asarray(vector, dtype=np.float32)
-        norm = float(np.linalg.norm(total))
-        if norm < 1e-6:
-            raise QueryError("terms: the weighted terms cancel out; change a weight")
-        return QueryVector(vector=total / norm, truncated=truncated)
+        decoded = dict(images or {})
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        gathered = gather_images(query, self.image_limits, self.fetcher, skip={**known, **decoded})
+        if gathered:
+            timings["image_input"] = (time.perf_counter() - t0) * 1000.0
+            decoded.update(gathered)
+        new, encode_timings = encode_missing(self.encoder, query, known, decoded)
+        known.update(new)
+        timings.update(encode_timings)
+        return compose(query, known, self.artifact, decoded, timings)
 
     # ----------------------------------------------------------------------------------------- searching
 
@@ -169,8 +175,7 @@ class SearchEngine:
         """Answer one query: the ranked set for its mode and filters, one page of it, re-ranked when asked."""
         start = time.perf_counter()
         encoded = self.query_vector(query)
-        encode_ms = (time.perf_counter() - start) * 1000.0
-        prepared = self.prepare(query, encoded, timings_ms={"encode": encode_ms})
+        prepared = self.prepare(query, encoded, timings_ms={"encode": 0.0, **encoded.timings_ms})
         return self.finish(prepared, started_at=start)
 
     def search_text(self, text: str, k: int = 4, candidates: int = 10, rerank: bool = True) -> SearchResult:
@@ -213,15 +218,27 @@ class SearchEngine:
             depth = -(-depth // PAGE_BLOCK) * PAGE_BLOCK
         depth = max(1, min(depth, max_results))
         info = PageInfo(matched=matched, relevance={"vector": "cosine", "hybrid": "rrf", "keyword": "bm25"}[query.mode])
+        # "more like this": the photos given as photo-id terms never answer their own query. They are dropped from
+        # each candidate list, which is fetched that much deeper, and do not count in the pageable set.
+        excluded = self._excluded_rows(encoded)
+        if len(excluded):
+            in_universe = excluded if selection is None else excluded[np.isin(excluded, selection.rows)]
+            universe = max(0, universe - len(in_universe))
+        fetch = depth + len(excluded)
 
         vector_rows: Rows | None = None
+        vector_short = False
         vector_scores: Scores | None = None
         keyword_rows: Rows | None = None
         n_keyword = 0
         strategy = "none"
         if query.mode in ("vector", "hybrid"):
             t0 = time.perf_counter()
-            vector_scores, vector_rows, strategy = self.artifact.search_rows(encoded.vector, depth, selection)
+            vector_scores, vector_rows, strategy = self.artifact.search_rows(encoded.vector, fetch, selection)
+            vector_short = len(vector_rows) < fetch
+            if len(excluded):
+                keep = ~np.isin(vector_rows, excluded)
+                vector_scores, vector_rows = vector_scores[keep][:depth], vector_rows[keep][:depth]
             timings["search"] = (time.perf_counter() - t0) * 1000.0
         if query.mode in ("keyword", "hybrid"):
             keyword_index = self.artifact.keyword_index
@@ -232,8 +249,12 @@ class SearchEngine:
                 )
             t0 = time.perf_counter()
             _, keyword_rows, n_keyword = keyword_index.search(
-                query.text, depth, selection.rows if selection is not None else None
+                query.text, fetch, selection.rows if selection is not None else None
             )
+            if len(excluded):
+                keep = ~np.isin(keyword_rows, excluded)
+                n_keyword -= int((~keep).sum())
+                keyword_rows = keyword_rows[keep][:depth]
             timings["keyword"] = (time.perf_counter() - t0) * 1000.0
 
         t0 = time.perf_counter()
@@ -244,7 +265,7 @@ class SearchEngine:
             cosine = self.artifact.cosine(encoded.vector, rows) if len(rows) else np.empty(0, np.float32)
             order = np.lexsort((rows, -cosine))  # exact re-score: a refine step for approximate indexes
             rows, cosine = rows[order], cosine[order]
-            complete = len(rows) < depth or len(rows) >= universe
+            complete = vector_short or len(rows) >= universe
             pool_total = universe
         else:
             assert keyword_rows is not None
@@ -256,7 +277,7 @@ class SearchEngine:
             cosine = self.artifact.cosine(encoded.vector, rows) if len(rows) else np.empty(0, np.float32)
             pool_total = n_keyword if query.mode == "keyword" else universe
             complete = len(rows) >= pool_total or (query.mode == "keyword" and len(rows) < depth)
-        info.understood = self._understood(query, strategy)
+        info.understood = self._understood(query, encoded, strategy)
 
         # cut-off
         if query.min_score is not None:
@@ -334,7 +355,12 @@ class SearchEngine:
         query, info = prepared.query, prepared.info
         t0 = time.perf_counter()
         if prepared.pool:
-            outcome = self.reranker.rerank(query.text or "", prepared.pool, query.k)
+            # a composed query shows Gemini its example images and names the terms to avoid
+            context = rerank_context(query, prepared.encoded, self.artifact)
+            if context is not None:
+                outcome = self.reranker.rerank(query.text or "", prepared.pool, query.k, context=context)
+            else:
+                outcome = self.reranker.rerank(query.text or "", prepared.pool, query.k)
             if outcome.applied:
                 info.order = "reranked"
         else:
@@ -366,42 +392,7 @@ class SearchEngine:
             rerank_usage=outcome.usage,
             rerank_model=outcome.model,
             page=info,
-        )
-
-    def rank(
-        self,
-        query: str,
-        encoded: QueryVector,
-        pool: list[Candidate],
-        *,
-        k: int,
-        rerank: bool,
-        started_at: float,
-        timings_ms: dict[str, float],
-    ) -> SearchResult:
-        """Legacy text path of the service's batcher (an unfiltered vector pool): re-rank it or keep CLIP order.
-        Removed once the service builds a `Query` (issue 11, after the route refactor lands)."""
-        t0 = time.perf_counter()
-        if rerank and self.can_rerank and pool:
-            outcome = self.reranker.rerank(query, pool, k)
-        else:
-            outcome = RerankOutcome(
-                results=clip_order(pool, k),
-                applied=False,
-                fallback_reason="not_requested" if not rerank else "disabled",
-            )
-        done = time.perf_counter()
-        return SearchResult(
-            results=outcome.results,
-            query=query,
-            timings_ms={**timings_ms, "rerank": (done - t0) * 1000.0, "total": (done - started_at) * 1000.0},
-            rerank_applied=outcome.applied,
-            rerank_fallback_reason=None if outcome.applied else outcome.fallback_reason,
-            query_truncated=encoded.truncated,
-            index_version=self.index_version,
-            rerank_detail=outcome.detail,
-            rerank_usage=outcome.usage,
-            rerank_model=outcome.model,
+            understood=prepared.encoded.terms,
         )
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -413,6 +404,16 @@ class SearchEngine:
             for c, r in zip(out, ranked.relevance_rank[positions], strict=True)
         ]
 
+    def _excluded_rows(self, encoded: QueryVector) -> Rows:
+        """The rows of the photos a query leaves out of its results (its photo-id terms)."""
+        rows = []
+        for photo_id in encoded.exclude:
+            try:
+                rows.append(self.artifact.row_of(photo_id))
+            except KeyError:
+                continue
+        return np.asarray(sorted(set(rows)), dtype=np.int64)
+
     @staticmethod
     def _why_short(query: Query, info: PageInfo) -> str:
         if info.below_cutoff and query.min_score is not None:
@@ -423,14 +424,14 @@ class SearchEngine:
             return "no_keyword_match"
         return "end_of_results"
 
-    def _understood(self, query: Query, strategy: str) -> dict[str, object]:
+    def _understood(self, query: Query, encoded: QueryVector, strategy: str) -> dict[str, object]:
+        terms = [t.as_dict() for t in encoded.terms]
         out: dict[str, object] = {
+            "kind": query_kind(query),
             "mode": query.mode,
-            "terms": [
-                {"kind": t.kind, "weight": t.weight, **({"text": t.text} if t.text is not None else {})}
-                | ({"photo_id": t.photo_id} if t.photo_id is not None else {})
-                for t in query.terms
-            ],
+            "terms": terms,
+            "excluded": list(encoded.exclude),
+            "truncated": [i for i, t in enumerate(terms) if t.get("truncated")],
             "filters": query.filters.model_dump(mode="json", exclude_none=True) if not query.filters.is_empty() else {},
             "sort": query.sort,
             "min_score": query.min_score,
@@ -444,8 +445,7 @@ class SearchEngine:
         return out
 
     def _fingerprint(self, query: Query) -> str:
-        fields = query.model_dump(mode="json", exclude={"offset", "cursor", "k", "candidates", "rerank"})
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return query_fingerprint(query, exclude={"offset", "cursor", "k", "candidates", "rerank"})
 
     def _cursor(self, query: Query, offset: int, exclude: list[int]) -> str:
         payload = {"v": self.index_version, "q": self._fingerprint(query), "o": offset, "x": exclude}

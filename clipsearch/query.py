@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 from datetime import date
 from typing import Annotated, Literal
 
@@ -51,17 +53,27 @@ class Term(_Strict):
     text: str | None = Field(None, description="Words to look for.", examples=["a foggy forest at dawn"])
     image: bytes | None = Field(
         None,
-        description="An example image (JPEG, PNG or WebP); base64 in JSON, a file part in multipart.",
+        description="An example image (JPEG, PNG, WebP or GIF's first frame; at most inputs.max_image_bytes and "
+        "inputs.max_image_pixels); base64 in JSON, a file part in multipart.",
+        examples=["<base64 of a JPEG>"],
     )
-    image_url: str | None = Field(None, description="An example image fetched from an http(s) URL.")
+    image_url: str | None = Field(
+        None,
+        description="An example image fetched from an http(s) URL (public addresses only, timeouts, byte cap).",
+        examples=["https://images.unsplash.com/photo-1500530855697-b586d89ba3ee?w=400"],
+    )
     photo_id: str | None = Field(
-        None, description="A photo of the served index ('more like this'); its stored vector is used."
+        None,
+        description="A photo of the served index ('more like this'); its stored vector is used and the photo "
+        "itself is left out of the results.",
+        examples=["Xy3kP0aZ9bQ"],
     )
     weight: float = Field(
         1.0,
         ge=-MAX_WEIGHT,
         le=MAX_WEIGHT,
         description="How much this term counts; negative pushes results away from it (e.g. -1 for 'not people').",
+        examples=[1.0, -1.0, 2.0],
     )
 
     @field_validator("image", mode="before")
@@ -222,6 +234,29 @@ def check_limits(query: Query, *, max_query_chars: int, max_k: int, max_candidat
         raise QueryError(f"candidates: must be between 1 and {max_candidates}")
     if query.candidates < query.k:
         raise QueryError(f"candidates ({query.candidates}) must be at least k ({query.k})")
+
+
+def query_data(query: Query, *, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
+    """The query as JSON-able data with every uploaded image replaced by `sha256:<hex>` of its bytes: what cache
+    keys and cursor fingerprints are made of, so an image's megabytes never go into a key (and two uploads of
+    the same bytes share one). `exclude`: top-level fields to leave out."""
+    spec: dict[str, object] = dict.fromkeys(exclude, True)
+    spec["terms"] = {"__all__": {"image"}}
+    data = query.model_dump(mode="json", exclude=spec)  # type: ignore[arg-type]
+    for term, raw in zip(data["terms"], query.terms, strict=True):
+        if raw.image is not None:
+            term["image"] = "sha256:" + hashlib.sha256(raw.image).hexdigest()
+    return data
+
+
+def query_key(query: Query, *, exclude: set[str] | frozenset[str] = frozenset()) -> str:
+    """`query_data` as canonical JSON: two queries share a key only when nothing (but `exclude`) differs."""
+    return json.dumps(query_data(query, exclude=exclude), sort_keys=True, separators=(",", ":"))
+
+
+def query_fingerprint(query: Query, *, exclude: set[str] | frozenset[str] = frozenset()) -> str:
+    """A short hash of `query_key` (cursors carry it)."""
+    return hashlib.sha256(query_key(query, exclude=exclude).encode()).hexdigest()[:16]
 
 
 # Filter fields that take a list (OR within the field); `color` is accepted as the singular of `colors`.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clipsearch.compose import UnderstoodTerm
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,4 @@ class SearchResult:
     rerank_usage: dict[str, float] = field(default_factory=dict)
     rerank_model: str | None = None
     page: PageInfo = field(default_factory=PageInfo)
+    understood: tuple[UnderstoodTerm, ...] = ()  # how each term of a composed query was read

@@ -10,6 +10,9 @@ fused with the BM25 keyword index by RRF) when the artifact has a keyword index.
 `vector_<metric>` and `hybrid_<metric>`; the unprefixed metrics (which the promotion gate reads) are those of
 the configured default mode, `search.mode`. The keyword index never sees the judgments (see
 clipsearch.index.keyword), so the comparison is fair.
+
+Query by example ("more like this") is scored beside the text metrics (`qbe_*`, see `training.evaluate_qbe`),
+through the same `SearchEngine.search`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from clipsearch.query import Query, SearchMode
 from clipsearch.registry import client_for, flatten_params, registry_errors, use_experiment
 from clipsearch.relevance import JudgedQuery, build_judgments, normalise_query
 from clipsearch.settings import Settings, get_settings
+from training.evaluate_qbe import evaluate_examples
 
 log = logging.getLogger("training.evaluate")
 
@@ -210,6 +214,8 @@ def main() -> None:
     quality = {k: metrics[k] for k in QUALITY_KEYS if k in metrics}
     latency = {k.removeprefix("latency_ms_"): v for k, v in metrics.items() if k.startswith("latency_ms_")}
     metrics.update({"n_queries": len(rows), "index_size": len(engine.artifact.ids)})
+    examples, example_rows = evaluate_examples(engine, conversions, keywords, depth)  # query by example
+    metrics.update(examples)
     METRICS_FILE.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
     out = settings.evaluate.output_dir
@@ -217,6 +223,7 @@ def main() -> None:
     (out / "evaluation.json").write_text(
         json.dumps({"judgments": judgment_info, "default_mode": default_mode, "queries": rows, "modes": runs}, indent=1)
     )
+    (out / "evaluation_examples.json").write_text(json.dumps({"examples": example_rows}, indent=1))
     sample = list(settings.evaluate.sample_queries) + [q.query for q in queries[:3]]
     grid = results_grid(engine, sample, settings.dataset.data_dir / "images", out / "results_grid.png")
     reference_texts = reference_queries(conversions, keywords) or [q.query for q in queries]
@@ -243,6 +250,7 @@ def main() -> None:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(grid))
             mlflow.log_artifact(str(out / "evaluation.json"))
+            mlflow.log_artifact(str(out / "evaluation_examples.json"))
             mlflow.log_artifact(str(METRICS_FILE))
             log_query_encoder_gate(mlflow)
             mlflow.set_tags({"index_version": engine.index_version, "model": engine.artifact.manifest.model.describe()})

@@ -38,6 +38,7 @@ from clipsearch.settings import Settings, get_settings
 from services.search import ops_routes, search_routes
 from services.search.admission import Overloaded
 from services.search.drain import install_sigterm_drain
+from services.search.query_adapters import document_search_body, upload_cap
 from services.search.schemas import ErrorResponse, OverloadedResponse
 from services.search.state import ServiceState
 from services.search.surface import SurfaceMiddleware
@@ -60,6 +61,8 @@ class SearchApp(FastAPI):
             max_body_bytes=int(getattr(self.state, "max_body_bytes", 16384)),
             draining=lambda: bool(getattr(getattr(self.state, "service", None), "draining", False)),
             on_refused=_count_refusal(metrics),
+            upload_paths=frozenset({"/search"}),  # multipart query images (services.search.query_adapters)
+            upload_bytes=int(getattr(self.state, "upload_bytes", 0)),
         )
 
 
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
     )
     app.state.metrics = metrics
     app.state.max_body_bytes = settings.service.max_body_bytes
+    app.state.upload_bytes = upload_cap(settings)
     _install_middleware(app, metrics)
     if settings.service.cors_allow_origins:  # closed by default: no CORS headers at all
         app.add_middleware(
@@ -137,6 +141,7 @@ def create_app(settings: Settings | None = None, *, json_logs: bool = True) -> F
         )
     _install_error_handlers(app)
     app.include_router(search_routes.router)
+    document_search_body(app)  # POST /search reads JSON or multipart itself: its OpenAPI body is written there
     app.include_router(ops_routes.router)
     _document_settings_bounds(app, settings)
     if settings.service.ui_enabled:

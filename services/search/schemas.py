@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from clipsearch.query import Filters, SearchMode, SortOrder
+from clipsearch.query import Filters, SearchMode, SortOrder, Term
 
 RerankMode = Literal["auto", "on", "off"]
 
 
+def _from_base64(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("not valid base64") from exc
+    return value
+
+
+Base64Bytes = Annotated[bytes, BeforeValidator(_from_base64)]
+
+
 class SearchRequest(BaseModel):
-    """Body of `POST /search`; the same fields as the `GET /search` query parameters (filters as an object).
+    """Body of `POST /search` (JSON; the same fields as multipart form fields). Give any mix of `q`, `like`,
+    `not`, `image_url`, `images` and `terms`; together they are the query's terms (at most 8). The query vector
+    is the normalised weighted sum of the terms' unit vectors (negative weights push away)."""
 
-    An unknown field, here or in `filters`, is a 422 that names it. The route turns this into one
-    `clipsearch.query.Query`, the value every entry point builds.
-    """
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
-    model_config = ConfigDict(extra="forbid")
-
-    q: str = Field(..., description="What to look for, in plain words.", examples=["a foggy forest at dawn"])
-    k: int = Field(4, description="How many results to return.")
-    candidates: int = Field(10, description="How many nearest neighbours the re-ranker chooses from.")
+    q: str | None = Field(
+        None, description="What to look for, in plain words (weight 1).", examples=["a foggy forest at dawn"]
+    )
+    like: list[str] = Field(
+        default_factory=list,
+        description="Photo ids of the served index: 'more like this' (weight 1 each; the photo itself is left out).",
+        examples=[["Xy3kP0aZ9bQ"]],
+    )
+    not_: list[str] = Field(
+        default_factory=list,
+        alias="not",
+        description="Things to avoid (a text term with weight -1 each; CLIP does not understand 'without').",
+        examples=[["people"]],
+    )
+    image_url: list[str] = Field(
+        default_factory=list,
+        description="Example images by http(s) URL (fetched with timeouts and a byte cap; public addresses only).",
+        examples=[["https://images.unsplash.com/photo-1?w=400"]],
+    )
+    images: list[Base64Bytes] = Field(
+        default_factory=list,
+        description="Example images, base64 (JPEG, PNG, WebP or GIF first frame), weight 1 each.",
+    )
+    terms: list[Term | dict[str, Any]] | None = Field(
+        None,
+        description="Weighted terms, each exactly one of text, image (base64), image_url or photo_id, with a weight "
+        'in [-10, 10] (default 1). In a multipart form a term may be {"file": "<part name>", "weight": 2}.',
+        examples=[[{"text": "snow", "weight": 2}, {"photo_id": "Xy3kP0aZ9bQ"}, {"text": "people", "weight": -1}]],
+    )
+    k: int | None = Field(None, description="How many results to return (default: search.k).", examples=[4])
+    candidates: int | None = Field(
+        None,
+        description="How many nearest neighbours the re-ranker chooses from (default: search.candidates).",
+        examples=[10],
+    )
     rerank: RerankMode = Field(
         "auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order."
     )
@@ -84,18 +128,58 @@ class PageResponse(BaseModel):
     next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null when there is none.")
 
 
+class UnderstoodTerm(BaseModel):
+    """One term as the service read it."""
+
+    kind: Literal["text", "image", "image_url", "photo_id"]
+    weight: float = Field(..., description="As given; negative pushes away.", examples=[1.0])
+    share: float = Field(
+        ..., description="weight / sum of |weights|: this term's part of the query vector.", examples=[0.5]
+    )
+    text: str | None = None
+    photo_id: str | None = None
+    image_url: str | None = None
+    image: str | None = Field(None, description="What the image was, e.g. 'PNG 640x480, 20512 bytes'.")
+    truncated: bool = Field(False, description="A text longer than CLIP's 77-token context: only its start was used.")
+    notes: list[str] = Field(default_factory=list, description="e.g. 'EXIF orientation applied', 'first of 12 frames'.")
+
+
+class Understood(BaseModel):
+    """How the query was understood: its kind, its terms with their weights, what was cut and left out."""
+
+    kind: Literal["text", "image", "photo_id", "composed"] = Field(..., description="The metrics label.")
+    terms: list[UnderstoodTerm]
+    rule: str = Field(
+        "normalised weighted sum of the terms' unit vectors", description="How the terms became one query vector."
+    )
+    excluded: list[str] = Field(
+        default_factory=list, description="Photos left out of the results (the photos of `like` terms)."
+    )
+    truncated: list[int] = Field(default_factory=list, description="Indexes of the text terms that were cut.")
+    mode: SearchMode = Field("vector", description="vector | hybrid | keyword: the candidate lists used.")
+    filters: dict[str, Any] = Field(default_factory=dict, description="The filters applied (empty: none).")
+    sort: SortOrder = "relevance"
+    min_score: float | None = None
+    dedupe: bool = False
+    vector_search: str = Field(
+        "none", description="How the vector list was searched: index, brute_force, masked_scan (none: keyword mode)."
+    )
+    keyword_terms: list[str] | None = Field(None, description="The words the keyword index matched (keyword, hybrid).")
+    fusion: str | None = Field(None, description="How the lists were fused (hybrid), e.g. rrf(k=60).")
+
+
 class SearchResponse(BaseModel):
-    query: str
+    query: str = Field(..., description="The positive text terms joined (empty for a query by image only).")
     query_truncated: bool = Field(
         ..., description="True when the query was longer than CLIP's 77-token context and was cut."
+    )
+    understood: Understood | None = Field(
+        None, description="How the query was read: kind, terms and weights, exclusions, mode, filters, search path."
     )
     results: list[SearchHit]
     page: PageResponse
     facets: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="Counts per orientation and per top colour over the ranked set."
-    )
-    understood: dict[str, Any] = Field(
-        default_factory=dict, description="How the query was read: mode, terms, filters, sort, cut-off, search path."
     )
     timings_ms: dict[str, float]
     rerank: RerankInfo

@@ -12,15 +12,19 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from clipsearch.compose import gather_images, image_terms, query_kind, require_image_support
+from clipsearch.image_input import ImageInputError, QueryImage
 from clipsearch.images import image_path, is_safe_photo_id
-from clipsearch.query import Filters, QueryError, SearchMode, SortOrder, check_limits
+from clipsearch.query import Filters, QueryError, SearchMode, SortOrder
 from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
+from clipsearch.safe_fetch import FetchError
 from clipsearch.settings import ServiceSettings
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
 from services.search.batching import ClientDisconnected
 from services.search.index_manager import ServingIndex
+from services.search.query_adapters import BLANK_CHARS, AdapterError, from_body, from_get, from_request
 from services.search.schemas import (
     ErrorResponse,
     PageResponse,
@@ -29,14 +33,15 @@ from services.search.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    Understood,
 )
-from services.search.state import ServiceState, ServingDep, StateDep
+from services.search.state import ServiceState, ServingDep, StateDep, serving_index
 
 THUMB_PX = 320
 PHOTO_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # clipsearch.images.is_safe_photo_id, stated in the OpenAPI document
-# What counts as blank around a query, spelled out so that Python (strip), pydantic-core (Rust regex) and JSON
-# Schema (ECMA regex, what clients and the contract fuzzer read) agree: Python's str.isspace() set plus U+FEFF.
-BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+# BLANK_CHARS (services.search.query_adapters): what counts as blank around a text; QUERY_PATTERN states it in JSON
+# Schema for clients and the contract fuzzer.
+__all__ = ["BLANK_CHARS", "QUERY_PATTERN", "build_query", "document_limits", "router"]
 QUERY_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"  # at least one character that is not blank
 
 
@@ -58,7 +63,21 @@ FILTER_PARAMS = (
     "min_height",
 )
 GET_PARAMS = frozenset(
-    {"q", "k", "candidates", "rerank", "mode", "offset", "cursor", "min_score", "sort", "dedupe", *FILTER_PARAMS}
+    {
+        "q",
+        "like",
+        "not",
+        "k",
+        "candidates",
+        "rerank",
+        "mode",
+        "offset",
+        "cursor",
+        "min_score",
+        "sort",
+        "dedupe",
+        *FILTER_PARAMS,
+    }
 )
 
 
@@ -71,52 +90,28 @@ def _validation_message(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def build_query(svc: ServiceState, body: SearchRequest) -> ClipQuery:
-    """The request -> the one `Query` value, within the operator's limits; a 422 names the field at fault.
-
-    Every bound here that does not depend on another field is also in the OpenAPI document (`document_limits`),
-    so a client (or the contract fuzzer) that follows the document is never refused for it. Fewer candidates
-    than results asked for is not an error: the re-ranker then chooses from k."""
-    limits = svc.settings.service
-    if len(body.q) > limits.max_query_chars:
-        raise HTTPException(
-            422, detail=f"q: the query is {len(body.q)} characters; the limit is {limits.max_query_chars}"
-        )
-    text = body.q.strip(BLANK_CHARS)
-    if not text:
-        raise HTTPException(422, detail="q: the query is empty; type a few words describing the image")
-    if not 1 <= body.k <= limits.max_k:
-        raise HTTPException(422, detail=f"k: must be between 1 and {limits.max_k}")
-    if not 1 <= body.candidates <= limits.max_candidates:
-        raise HTTPException(422, detail=f"candidates: must be between 1 and {limits.max_candidates}")
-    try:
-        query = ClipQuery.from_text(
-            text,
-            k=body.k,
-            candidates=max(body.candidates, body.k),
-            rerank=body.rerank,
-            mode=body.mode or svc.settings.search.mode,
-            filters=body.filters,
-            offset=body.offset,
-            cursor=body.cursor,
-            min_score=body.min_score,
-            sort=body.sort,
-            dedupe=body.dedupe,
-        )
-    except ValidationError as exc:
-        raise HTTPException(422, detail=_validation_message(exc)) from None
-    try:
-        check_limits(
-            query, max_query_chars=limits.max_query_chars, max_k=limits.max_k, max_candidates=limits.max_candidates
-        )
-    except QueryError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+def _check_rerank(svc: ServiceState, query: ClipQuery) -> ClipQuery:
     if query.rerank == "on" and not svc.rerank_available:
         raise HTTPException(
             409,
             detail=f"rerank=on was requested but re-ranking is unavailable ({svc.reranker_status}); use rerank=auto or off",
         )
     return query
+
+
+def build_query(svc: ServiceState, body: SearchRequest, files: dict[str, bytes] | None = None) -> ClipQuery:
+    """The request -> the one `Query` value, within the operator's limits; a 422 names the field at fault.
+
+    The terms come from `q`, `like`, `not`, `image_url`, `images` and `terms` (`query_adapters.from_body`); the
+    filters, mode, paging, cut-off, sort and de-duplication ride along. Every bound here that does not depend on
+    another field is also in the OpenAPI document (`document_limits`), so a client (or the contract fuzzer) that
+    follows the document is never refused for it. Fewer candidates than results asked for is not an error: the
+    re-ranker then chooses from k."""
+    try:
+        query = from_body(svc.settings, body, files)
+    except AdapterError as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from None
+    return _check_rerank(svc, query)
 
 
 def _constrain(node: dict[str, Any], **bounds: object) -> None:
@@ -171,29 +166,57 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
     return reason, reason or "disabled"
 
 
-async def _run_search(
-    svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
+async def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, query: ClipQuery) -> SearchResponse:
+    """Rate limits; decode/fetch query images (off the event loop); then encode + compose + retrieve + page in the
+    micro-batcher (a photo-id-only query on the direct thread); then re-rank page one (network: off the event
+    loop). Every refusal is a 4xx with a reason, counted by query kind."""
+    kind = query_kind(query)
+    try:
+        return await _answer(svc, serving, request, query, kind)
+    except HTTPException as exc:
+        svc.metrics.observe_query(kind, exc.status_code, None)
+        raise
+    except (QueryError, ImageInputError, FetchError) as exc:
+        status = getattr(exc, "status", 422)
+        svc.metrics.observe_query(kind, status, None)
+        raise HTTPException(status, detail=str(exc)) from None
+
+
+async def _answer(
+    svc: ServiceState, serving: ServingIndex, request: Request, query: ClipQuery, kind: str
 ) -> SearchResponse:
-    """Rate limits, build the Query, then encode + retrieve + page in the micro-batcher, then re-rank page one
-    (network: off the event loop)."""
-    svc.limiter.check(request, reranked=body.rerank != "off" and svc.rerank_available)
-    query = build_query(svc, body)
-    text = query.text
+    svc.limiter.check(request, reranked=query.rerank != "off" and svc.rerank_available)
     engine = serving.engine
     start = time.perf_counter()
+    images: dict[str, QueryImage] = {}
+    input_ms = None
+    if image_terms(query):
+        require_image_support(engine.encoder, query)  # a torch-free replica refuses before fetching anything
+        images = await asyncio.to_thread(gather_images, query, svc.image_limits, svc.fetcher)
+        input_ms = (time.perf_counter() - start) * 1000.0
     try:
-        got = await svc.batcher.retrieve(engine, query, disconnected=partial(until_disconnected, request))
-    except QueryError as exc:
-        raise HTTPException(422, detail=str(exc)) from None
+        if all(t.photo_id is not None for t in query.terms):
+            # no encoder on the path ("more like this"): stored vectors and the index, without waiting for the
+            # micro-batcher's company nor queueing behind text encodes
+            got = await svc.batcher.retrieve_direct(engine, query)
+        else:
+            got = await svc.batcher.retrieve(
+                engine, query, disconnected=partial(until_disconnected, request), images=images
+            )
     except ClientDisconnected:
         raise HTTPException(499, detail="client closed the request before its query started") from None
     encoded = got.encoded
+    if input_ms is not None:
+        got.prepared.timings_ms = {"image_input": input_ms, **got.prepared.timings_ms}
     finish = partial(engine.finish, got.prepared, started_at=start)
+    # re-ranking (and the query images' thumbnails it shows Gemini) runs off the event loop
     result: SearchResult = await asyncio.to_thread(finish) if got.prepared.pool else finish()
     top1 = result.results[0].candidate.score if result.results else None
-    fallback_reason, outcome = _rerank_outcome(body.rerank, result)
+    fallback_reason, outcome = _rerank_outcome(query.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
-    svc.drift.record(encoded.vector, top1)
+    svc.metrics.observe_query(kind, 200, result.timings_ms.get("total"))
+    if kind == "text":  # the drift reference is text queries: image and photo vectors would read as drift
+        svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
     hits = []
     for r in result.results:
@@ -218,8 +241,9 @@ async def _run_search(
         )
     page = result.page
     return SearchResponse(
-        query=text,
+        query=query.text,
         query_truncated=result.query_truncated,
+        understood=Understood.model_validate(page.understood) if page.understood else None,
         results=hits,
         page=PageResponse(
             offset=page.offset,
@@ -236,10 +260,9 @@ async def _run_search(
             next_cursor=page.next_cursor,
         ),
         facets=page.facets,
-        understood=page.understood,
         timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
         rerank=RerankInfo(
-            requested=body.rerank,
+            requested=query.rerank,
             applied=result.rerank_applied,
             fallback_reason=fallback_reason,
             detail=result.rerank_detail,
@@ -284,14 +307,28 @@ router = APIRouter(tags=["search"])
     "/search",
     response_model=SearchResponse,
     tags=["search"],
-    summary="Search images by text",
+    summary="Search images by text, by example photos ('like') and with things to avoid ('not')",
     responses=SEARCH_RESPONSES,
 )
 async def search_get(
     request: Request,
     svc: StateDep,
     serving: ServingDep,
-    q: Annotated[str, Query(description="What to look for.", examples=["a foggy forest at dawn"])],
+    q: Annotated[
+        str | None, Query(description="What to look for (weight 1).", examples=["a foggy forest at dawn"])
+    ] = None,
+    like: Annotated[
+        list[str] | None,
+        Query(
+            description="A photo id of the served index: 'more like this' (repeatable; weight 1 each; the photo "
+            "itself is left out of the results).",
+            examples=["Xy3kP0aZ9bQ"],
+        ),
+    ] = None,
+    not_: Annotated[
+        list[str] | None,
+        Query(alias="not", description="Something to avoid (repeatable; weight -1 each).", examples=["people"]),
+    ] = None,
     k: Annotated[int | None, Query(description="Results to return (default: search.k).")] = None,
     candidates: Annotated[
         int | None, Query(description="Nearest neighbours to re-rank from (default: search.candidates).")
@@ -329,36 +366,53 @@ async def search_get(
     filters = filters_from_params({name: params[name] for name in FILTER_PARAMS})
     defaults = svc.settings.search
     try:
-        body = SearchRequest(
+        query = from_get(
+            svc.settings,
             q=q,
+            like=like or [],
+            not_=not_ or [],
             k=defaults.k if k is None else k,
             candidates=defaults.candidates if candidates is None else candidates,
             rerank=rerank,
-            mode=mode,
             filters=filters,
+            mode=mode,
             offset=offset,
             cursor=cursor,
             min_score=min_score,
             sort=sort,
             dedupe=dedupe,
         )
-    except ValidationError as exc:
-        raise HTTPException(422, detail=_validation_message(exc)) from None
-    return await _run_search(svc, serving, request, body)
+    except AdapterError as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from None
+    return await _run_search(svc, serving, request, _check_rerank(svc, query))
 
 
 @router.post(
     "/search",
     response_model=SearchResponse,
     tags=["search"],
-    summary="Search images by text (JSON body)",
+    summary="Search with a composed query: JSON (images as base64) or multipart (image files)",
     responses={
         **SEARCH_RESPONSES,
         400: {"model": ErrorResponse, "description": "The body could not be read (not UTF-8 or not parseable)."},
+        413: {
+            "model": ErrorResponse,
+            "description": "The body is larger than service.max_body_bytes (JSON), or an image file is larger than "
+            "inputs.max_image_bytes (multipart).",
+        },
+        415: {"model": ErrorResponse, "description": "Neither application/json nor multipart/form-data."},
     },
 )
-async def search_post(request: Request, svc: StateDep, serving: ServingDep, body: SearchRequest) -> SearchResponse:
-    return await _run_search(svc, serving, request, body)
+async def search_post(request: Request, svc: StateDep) -> SearchResponse:
+    """The body is `SearchRequest` as JSON, or the same fields as a multipart form with image files (`image`);
+    see the request body's examples. The answer's `understood` says how each term was read."""
+    try:
+        query = await from_request(request, svc.settings)
+    except AdapterError as exc:
+        raise HTTPException(exc.status, detail=exc.detail) from None
+    # the body is read (and refused when bad) before readiness, as when FastAPI parsed it
+    serving = await serving_index(svc)
+    return await _run_search(svc, serving, request, _check_rerank(svc, query))
 
 
 @router.get(

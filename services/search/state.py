@@ -12,8 +12,10 @@ from fastapi import Depends, HTTPException, Request
 
 from clipsearch.drift import DriftResult
 from clipsearch.errors import ClipsearchError
+from clipsearch.image_input import ImageLimits
 from clipsearch.rerank.base import NoopReranker
 from clipsearch.rerank.gemini import GeminiReranker, build_reranker
+from clipsearch.safe_fetch import FetchPolicy, SafeFetcher
 from clipsearch.settings import Settings
 from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
@@ -57,6 +59,8 @@ class ServiceState:
         metrics.queue_predicted_wait.set_function(self.batcher.predicted_wait_s)
         self.limiter = RequestLimiter(settings.service, metrics)
         self.draining = False  # set on SIGTERM (services.search.drain): /readyz answers 503 from then on
+        self.image_limits = ImageLimits.from_settings(settings.inputs)  # query images (uploads and URLs)
+        self.fetcher = SafeFetcher(FetchPolicy.from_settings(settings.inputs))
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
 
@@ -131,6 +135,7 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.batcher.close()
+        self.fetcher.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

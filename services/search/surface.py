@@ -6,6 +6,10 @@
 - A body larger than `service.max_body_bytes` is refused with 413 and a JSON reason: by its `Content-Length`
   before a byte is read, or (chunked, no length) as soon as the bytes received pass the cap. Nothing downstream
   (JSON parsing, validation) ever sees it.
+- Image uploads: a `multipart/form-data` POST to a path in `upload_paths` (`/search`: query images) may be as
+  large as `upload_bytes` (every term an image at `inputs.max_image_bytes`); the route's own streamed cap then
+  refuses a too-large file part with 413 and its reason. JSON bodies (base64 images included) keep
+  `max_body_bytes`.
 - While the service drains after SIGTERM, responses say `Connection: close`, so clients open their next request
   on a fresh connection (which the load balancer sends to another pod) instead of reusing this one.
 """
@@ -32,9 +36,13 @@ class SurfaceMiddleware:
         max_body_bytes: int,
         draining: Callable[[], bool] = lambda: False,
         on_refused: Callable[[int], None] = lambda status: None,  # noqa: ARG005
+        upload_paths: frozenset[str] = frozenset(),
+        upload_bytes: int = 0,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_paths = upload_paths
+        self.upload_bytes = upload_bytes
         self.draining = draining
         self.on_refused = on_refused
 
@@ -59,10 +67,11 @@ class SurfaceMiddleware:
             await send(message)
 
         request_headers = Headers(scope=scope)
+        cap = self._cap(scope, request_headers)
         length = request_headers.get("content-length")
         if length is not None:
-            if length.strip().isdigit() and int(length) > self.max_body_bytes:
-                await self._refuse(scope, send_with_headers, f"the request body is {int(length)} bytes")
+            if length.strip().isdigit() and int(length) > cap:
+                await self._refuse(scope, send_with_headers, f"the request body is {int(length)} bytes", cap)
                 return
             await self.app(scope, receive, send_with_headers)  # the server delivers no more than Content-Length
             return
@@ -78,8 +87,8 @@ class SurfaceMiddleware:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                await self._refuse(scope, send_with_headers, f"the request body passed {self.max_body_bytes} bytes")
+            if size > cap:
+                await self._refuse(scope, send_with_headers, f"the request body passed {cap} bytes", cap)
                 return
             if not message.get("more_body", False):
                 break
@@ -89,12 +98,23 @@ class SurfaceMiddleware:
 
         await self.app(scope, replay, send_with_headers)
 
-    async def _refuse(self, scope: Scope, send: Send, what: str) -> None:
+    def _cap(self, scope: Scope, headers: Headers) -> int:
+        """The body cap of this request: `upload_bytes` for a multipart upload to an upload path, else the rest's."""
+        if (
+            self.upload_bytes > self.max_body_bytes
+            and scope.get("method") == "POST"
+            and scope.get("path") in self.upload_paths
+            and headers.get("content-type", "").lower().startswith("multipart/form-data")
+        ):
+            return self.upload_bytes
+        return self.max_body_bytes
+
+    async def _refuse(self, scope: Scope, send: Send, what: str, cap: int) -> None:
         self.on_refused(413)
         rid = Headers(scope=scope).get("x-request-id", "")
         rid = rid if _REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex[:16]
         body = json.dumps(
-            {"detail": f"request body too large: {what}; the limit is {self.max_body_bytes} bytes", "request_id": rid}
+            {"detail": f"request body too large: {what}; the limit is {cap} bytes", "request_id": rid}
         ).encode()
         await send(
             {

@@ -41,6 +41,7 @@ RERANK_OUTCOMES = (
 )
 
 SHED_REASONS = ("queue_full", "deadline", "expired")
+QUERY_KINDS = ("text", "image", "photo_id", "composed")
 
 
 class Metrics:
@@ -61,7 +62,7 @@ class Metrics:
         )
         self.stage_latency = Histogram(
             "clipsearch_stage_latency_seconds",
-            "Search latency per stage (encode, search, rerank, total).",
+            "Search latency per stage (queue, encode, image_input, image_encode, search, rerank, total).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -138,6 +139,21 @@ class Metrics:
         )
         for limit in ("search", "rerank"):
             self.rate_limited.labels(limit=limit)
+        self.queries = Counter(
+            "clipsearch_queries",
+            "Search requests by query kind (text, image, photo_id, composed) and HTTP status.",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.query_latency = Histogram(
+            "clipsearch_query_latency_seconds",
+            "Search latency (the engine's total) of answered requests by query kind.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for kind in QUERY_KINDS:
+            self.query_latency.labels(kind=kind)
         for outcome in RERANK_OUTCOMES:
             self.rerank_outcomes.labels(outcome=outcome)
         for kind in ("prompt", "output", "thoughts"):
@@ -159,6 +175,12 @@ class Metrics:
             self.gemini_requests.inc(usage.get("attempts", 0.0))
         if top1 is not None:
             self.top1_similarity.observe(top1)
+
+    def observe_query(self, kind: str, status: int, total_ms: float | None) -> None:
+        """One search request of `kind`: counted by status; timed when it was answered."""
+        self.queries.labels(kind=kind, status=str(status)).inc()
+        if total_ms is not None:
+            self.query_latency.labels(kind=kind).observe(total_ms / 1000.0)
 
     def watch_reranker_models(self, availability: Callable[[], Mapping[str, bool | None]], primary: str) -> None:
         """Export `clipsearch_reranker_model_available{model, role}` from the re-ranker's state at each scrape:

@@ -28,9 +28,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 UI_PATH = "/ui"
 STATIC_PATH = f"{UI_PATH}/static"
 
-# Same-origin script and styles only; images by http(s) URL only (never `data:`); the page may only call this origin.
+# Same-origin script and styles only; images by http(s) URL only (never `data:`; `blob:` only for the preview of an
+# image the user picked, made in the page from their own file); the page may only call this origin.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: http: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _PAGE_HEADERS = {

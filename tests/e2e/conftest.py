@@ -138,6 +138,8 @@ def service_env(repo: PipelineRepo, cache_dir: Path, **overrides: str) -> dict[s
         # Admission control sheds what cannot start within 50 ms; a shared 2-core CI machine stalls longer than
         # that now and then, which is not what these tests are about (tests/e2e/test_overload.py sets its own).
         "CLIPSEARCH_SERVICE__QUEUE_DEADLINE_MS": "5000",
+        # Image URLs may reach the loopback fixture server (and only it): production allows no private address.
+        "CLIPSEARCH_INPUTS__FETCH_ALLOW_HOSTS": '["127.0.0.1"]',
     }
     env.update(overrides)
     return env

@@ -215,3 +215,56 @@ def test_a_repeated_query_skips_the_queue_even_when_shedding(engine) -> None:
     assert again.batch_size == 0
     assert again.timings_ms["queue"] == 0.0
     assert [c.photo_id for c in again.prepared.page] == [c.photo_id for c in first.prepared.page]
+
+
+def test_composed_jobs_share_one_image_pass(engine, monkeypatch) -> None:
+    """Images of concurrent queries are encoded in one call; photo ids need no encoder; answers stay per query."""
+    import io
+
+    from PIL import Image
+
+    from clipsearch.compose import gather_images, term_key
+    from clipsearch.image_input import ImageLimits
+    from clipsearch.query import Query, Term
+
+    def png(color):
+        out = io.BytesIO()
+        Image.new("RGB", (32, 24), color).save(out, format="PNG")
+        return out.getvalue()
+
+    calls: list[int] = []
+    original = engine.encoder.encode_query_images
+
+    def counting(images):
+        calls.append(len(images))
+        return original(images)
+
+    monkeypatch.setattr(engine.encoder, "encode_query_images", counting)
+    queries = [
+        Query(terms=[Term(image=png((200, 0, 0))), Term(text="people", weight=-1)]),
+        Query(terms=[Term(image=png((0, 0, 200))), Term(photo_id="photo1")]),
+    ]
+    batcher = QueryBatcher(max_batch=8, max_wait_ms=50.0, cache_size=16)
+
+    async def both():
+        return await asyncio.gather(
+            *(
+                batcher.retrieve(
+                    engine, q.model_copy(update={"k": 3, "candidates": 3}), images=gather_images(q, ImageLimits(), None)
+                )
+                for q in queries
+            )
+        )
+
+    try:
+        answers = asyncio.run(both())
+    finally:
+        batcher.close()
+    assert calls == [2]
+    assert answers[0].batch_size == 2
+    assert "photo1" not in [c.photo_id for c in answers[1].prepared.page]
+    for query, answer in zip(queries, answers, strict=True):
+        alone = engine.query_vector(query)
+        assert float(alone.vector @ answer.encoded.vector) > 0.9999
+        assert {"image_encode", "encode", "search"} <= set(answer.timings_ms)
+    assert term_key(queries[0].terms[0]) in batcher.cache  # uploaded images are cached by their bytes' sha256

@@ -11,6 +11,7 @@ from clipsearch.engine import SearchEngine, load_engine
 from clipsearch.errors import ArtifactError
 from clipsearch.identity import ModelIdentity
 from clipsearch.index.artifact import write_artifact
+from clipsearch.rerank.base import RerankContext
 from clipsearch.settings import IndexSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
 from clipsearch_devtools.artifacts import metadata_frame
@@ -33,7 +34,14 @@ class Reverse:
 
     name = "reverse"
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:  # noqa: ARG002 - protocol
+    def rerank(
+        self,
+        query: str,  # noqa: ARG002 - protocol
+        candidates: Sequence[Candidate],
+        k: int,
+        *,
+        context: RerankContext | None = None,  # noqa: ARG002
+    ) -> RerankOutcome:
         ranked = list(reversed(candidates))[:k]
         results = [RankedResult(candidate=c, rank=i + 1, reason=f"reversed {c.photo_id}") for i, c in enumerate(ranked)]
         return RerankOutcome(results=results, applied=True, usage={"prompt_tokens": 10.0})

@@ -14,6 +14,7 @@ from clipsearch.engine import SearchEngine, dedupe, load_engine, rrf
 from clipsearch.index.artifact import write_artifact
 from clipsearch.index.keyword import KeywordIndex
 from clipsearch.query import Filters, Query, QueryError, Term
+from clipsearch.rerank.base import RerankContext
 from clipsearch.settings import IndexSettings, SearchSettings
 from clipsearch.types import Candidate, RankedResult, RerankOutcome
 from tests.unit.test_filters import reference as filter_reference
@@ -183,13 +184,15 @@ def test_dedupe_collapses_near_copies_to_the_best(tmp_path, tiny_encoder) -> Non
     path, *_ = make_artifact(tmp_path, tiny_encoder, n=300, duplicates=3)
     engine = load_engine(path, tiny_encoder)
     plain = Query(terms=[Term(photo_id=str(engine.artifact.ids[0]))], k=6, candidates=6, rerank="off")
-    first = engine.search(plain)
-    assert set(ids(first)[:4]) == {str(engine.artifact.ids[i]) for i in range(4)}
+    first = engine.search(plain)  # "more like this" leaves the photo itself out: its three near copies lead
+    copies = {str(engine.artifact.ids[i]) for i in range(1, 4)}
+    assert set(ids(first)[:3]) == copies
     deduped = engine.search(plain.model_copy(update={"dedupe": True}))
     shown = ids(deduped)
-    assert sum(s in {str(engine.artifact.ids[i]) for i in range(4)} for s in shown) == 1
+    assert sum(s in copies for s in shown) == 1
+    assert str(engine.artifact.ids[0]) not in shown
     assert shown[0] == ids(first)[0]
-    assert deduped.page.dropped_duplicates == 3
+    assert deduped.page.dropped_duplicates == 2
     assert len(shown) == 6
 
 
@@ -238,7 +241,14 @@ def test_filtered_keyword_search_stays_within_the_filter(engine, built) -> None:
 class Reverse:
     name = "reverse"
 
-    def rerank(self, query: str, candidates: Sequence[Candidate], k: int) -> RerankOutcome:  # noqa: ARG002
+    def rerank(
+        self,
+        query: str,  # noqa: ARG002 - protocol
+        candidates: Sequence[Candidate],
+        k: int,
+        *,
+        context: RerankContext | None = None,  # noqa: ARG002
+    ) -> RerankOutcome:
         ranked = list(reversed(candidates))[:k]
         return RerankOutcome(
             results=[RankedResult(candidate=c, rank=i + 1) for i, c in enumerate(ranked)], applied=True
@@ -278,7 +288,9 @@ def test_understood_says_how_the_query_was_read(engine) -> None:
     u = result.page.understood
     assert u["mode"] == "hybrid"
     assert u["filters"] == {"orientation": ["square"], "min_color_coverage": 0.1}
-    assert u["terms"] == [{"kind": "text", "weight": 1.0, "text": "forest"}]
+    assert u["terms"] == [{"kind": "text", "weight": 1.0, "share": 1.0, "text": "forest", "truncated": False}]
+    assert u["kind"] == "text"
+    assert u["excluded"] == []
     assert u["vector_search"] in ("brute_force", "masked_scan")
 
 

@@ -1,4 +1,7 @@
-// clipsearch chat page: sends each query to GET /search and renders the answer as a bubble.
+// clipsearch chat page: sends each query to /search and renders the answer as a bubble.
+//
+// A query is words, and optionally an example image (picked, dropped or pasted: POST /search as multipart), things
+// to leave out ("not …": negative terms) and "More like this" on any result (GET /search?like=<photo_id>).
 //
 // Everything the server sends (descriptions, reasons, photographer names, error details) is untrusted: it only
 // ever reaches the DOM through textContent or setAttribute, never through an HTML parser. Image URLs must be http(s); anything
@@ -36,10 +39,17 @@
   const minScoreInput = document.getElementById("min-score");
   const minScoreValue = document.getElementById("min-score-value");
 
-  let inFlight = false;
-  let lastQuery = null;
   // Filters for the next search: chips toggle values in these sets; the date and slider are read when sending.
   const chosen = { orientation: new Set(), color: new Set() };
+  const imageInput = document.getElementById("image-input");
+  const notInput = document.getElementById("not-input");
+  const chips = document.getElementById("chips");
+  const IMAGE_TYPES = ["image/jpeg", "image/png", "image/webp", "image/gif"];
+
+  let inFlight = false;
+  let lastSpec = null; // the last search, re-run when a filter changes
+  // What the next search adds to its words: one example image and things to leave out.
+  const pending = { image: null, nots: [] };
 
   /** Create an element with an optional class and plain-text content (never parsed as HTML). */
   function el(tag, className, text) {
@@ -160,17 +170,28 @@
       caption.appendChild(reason);
     }
     item.appendChild(caption);
+    if (typeof hit.photo_id === "string" && hit.photo_id) {
+      const more = el("button", "more-like", "More like this");
+      more.type = "button";
+      more.setAttribute("aria-label", `More like result ${rank}: ${title}`);
+      more.addEventListener("click", () => {
+        if (inFlight) return;
+        search({ text: "", like: { id: hit.photo_id, title, thumb: thumbUrl } });
+      });
+      item.appendChild(more);
+    }
     return item;
   }
 
-  /** The query string for `query` with the current filters (and a cursor for "show more"). */
+  /** The query string for `query` (none: the caller adds its terms) with the current filters (and a cursor for
+   * "show more"). */
   function searchParams(query, cursor) {
     const params = new URLSearchParams({
-      q: query,
       k: String(RESULTS_PER_QUERY),
       candidates: String(CANDIDATES),
       rerank: rerankSelect.value,
     });
+    if (query) params.set("q", query);
     for (const value of chosen.orientation) params.append("orientation", value);
     for (const value of chosen.color) params.append("color", value);
     if (sinceInput.value) params.set("submitted_from", sinceInput.value);
@@ -240,6 +261,22 @@
     return button;
   }
 
+  /** "Searched for: image (PNG 96x64) + “snow” − “people”" from the response's `understood`, or null. */
+  function understoodText(understood) {
+    if (!understood || !Array.isArray(understood.terms) || understood.kind === "text") return null;
+    const parts = understood.terms.map((t, i) => {
+      const sign = typeof t.weight === "number" && t.weight < 0 ? "− " : i === 0 ? "" : "+ ";
+      let what = "?";
+      if (t.kind === "text") what = `“${t.text}”`;
+      else if (t.kind === "photo_id") what = `photo ${t.photo_id}`;
+      else if (t.kind === "image_url") what = "image by URL";
+      else if (t.kind === "image") what = t.image ? `image (${String(t.image).split(",")[0]})` : "image";
+      const weight = typeof t.weight === "number" && Math.abs(t.weight) !== 1 ? `${Math.abs(t.weight)}×` : "";
+      return `${sign}${weight}${what}`;
+    });
+    return `Searched for: ${parts.join(" ")}`;
+  }
+
   /** The answer bubble for a successful SearchResponse. */
   function renderAnswer(query, data, clientMs, params) {
     const bubble = el("article", "bubble bubble-bot answer");
@@ -277,6 +314,8 @@
     if (data.index_version) parts.push(`index ${data.index_version}`);
     if (total) parts.push(total);
     parts.push(rerankText(data.rerank));
+    const understood = understoodText(data.understood);
+    if (understood) bubble.appendChild(el("p", "understood", understood));
     const meta = el("p", "meta", parts.join(" · "));
     const breakdown = Object.entries(timings)
       .filter(([, v]) => typeof v === "number")
@@ -288,7 +327,7 @@
     bubble.appendChild(meta);
     const info = pageText(page, results.length);
     if (info) bubble.appendChild(el("p", "meta page-info", info));
-    if (page && typeof page.next_cursor === "string" && page.next_cursor) {
+    if (params && page && typeof page.next_cursor === "string" && page.next_cursor) {
       bubble.appendChild(moreButton(query, params, page, bubble));
     }
     updateColorChips(data.facets);
@@ -346,27 +385,85 @@
     return bubble;
   }
 
-  async function search(query) {
-    setBusy(true);
-    addRow("user", el("div", "bubble bubble-user", query));
-    const pending = pendingBubble();
-    addRow("bot", pending);
+  /** The user's bubble: their words, the example image (a local preview), "more like" and "not" terms. */
+  function userBubble(spec) {
+    const bubble = el("div", "bubble bubble-user", spec.text || null);
+    if (spec.like) {
+      const like = el("span", "term term-like", "More like this");
+      const thumb = safeHttpUrl(spec.like.thumb);
+      if (thumb) {
+        const img = el("img", "term-thumb");
+        img.alt = spec.like.title || "the chosen photo";
+        img.src = thumb;
+        like.prepend(img);
+      }
+      bubble.appendChild(like);
+    }
+    if (spec.image) {
+      const term = el("span", "term term-image", spec.image.name || "pasted image");
+      const img = el("img", "term-thumb");
+      img.alt = "your example image";
+      img.src = URL.createObjectURL(spec.image);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+      term.prepend(img);
+      bubble.appendChild(term);
+    }
+    for (const not of spec.nots || []) bubble.appendChild(el("span", "term term-not", `not ${not}`));
+    return bubble;
+  }
 
-    lastQuery = query;
-    const params = searchParams(query, null);
+  /** GET for words, photo ids and "not" (a link that can be shared); POST multipart when an image is attached. */
+  function buildRequest(spec) {
+    // the filters apply to every kind of query: GET parameters, or the multipart form's `query` part
+    const filtered = searchParams(null, null);
+    if (spec.image) {
+      const body = new FormData();
+      if (spec.text) body.append("q", spec.text);
+      body.append("image", spec.image, spec.image.name || "pasted-image");
+      for (const not of spec.nots || []) body.append("not", not);
+      const filters = {};
+      if (chosen.orientation.size) filters.orientation = [...chosen.orientation];
+      if (chosen.color.size) filters.colors = [...chosen.color];
+      if (sinceInput.value) filters.submitted_from = sinceInput.value;
+      if (Object.keys(filters).length) body.append("query", JSON.stringify({ filters }));
+      for (const key of ["k", "candidates", "rerank", "min_score"]) {
+        if (filtered.has(key)) body.append(key, filtered.get(key));
+      }
+      // an uploaded image cannot ride in a link: no "show more" cursor request for it
+      return { url: `${apiBase}/search`, init: { method: "POST", body }, params: null };
+    }
+    const params = new URLSearchParams();
+    if (spec.text) params.append("q", spec.text);
+    if (spec.like) params.append("like", spec.like.id);
+    for (const not of spec.nots || []) params.append("not", not);
+    for (const [key, value] of filtered) params.append(key, value);
+    return { url: `${apiBase}/search?${params}`, init: { method: "GET" }, params };
+  }
+
+  async function search(spec) {
+    const query = spec.text || "";
+    const label = query || (spec.like ? "more like this" : spec.image ? "your image" : "");
+    setBusy(true);
+    addRow("user", userBubble(spec));
+    const waiting = pendingBubble();
+    addRow("bot", waiting);
+
+    lastSpec = spec;
+    const request = buildRequest(spec);
     const controller = new AbortController();
     const timer = window.setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
     const started = performance.now();
     let bubble;
     try {
-      const response = await fetch(`${apiBase}/search?${params}`, {
+      const response = await fetch(request.url, {
+        ...request.init,
         headers: { Accept: "application/json" },
         signal: controller.signal,
       });
       const { json, text } = await readBody(response);
       const clientMs = performance.now() - started;
       if (response.ok && json && typeof json === "object") {
-        bubble = renderAnswer(query, json, clientMs, params);
+        bubble = renderAnswer(label, json, clientMs, request.params);
       } else {
         const requestId = (json && json.request_id) || response.headers.get("x-request-id");
         const detail = json ? detailText(json.detail) : text.slice(0, 300);
@@ -384,7 +481,7 @@
       window.clearTimeout(timer);
     }
     const stick = isNearBottom();
-    pending.replaceWith(bubble);
+    waiting.replaceWith(bubble);
     if (bubble.classList.contains("bubble-error") && !input.value) input.value = query;
     if (stick) scrollToBottom();
     setBusy(false);
@@ -392,22 +489,102 @@
     if (!focused || focused === document.body || focused === sendButton) input.focus();
   }
 
+  /** Show what the next search adds (the image, each "not …"), each with a button to remove it. */
+  function renderChips() {
+    chips.replaceChildren();
+    const add = (text, className, onRemove) => {
+      const chip = el("li", `chip ${className}`);
+      chip.appendChild(el("span", null, text));
+      const remove = el("button", "chip-remove", "×");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Remove ${text}`);
+      remove.addEventListener("click", () => {
+        onRemove();
+        renderChips();
+      });
+      chip.appendChild(remove);
+      chips.appendChild(chip);
+    };
+    if (pending.image) {
+      add(`image: ${pending.image.name || "pasted image"}`, "chip-image", () => {
+        pending.image = null;
+        imageInput.value = "";
+      });
+    }
+    pending.nots.forEach((not, i) => add(`not ${not}`, "chip-not", () => pending.nots.splice(i, 1)));
+  }
+
+  function attachImage(file) {
+    if (!file) return false;
+    if (!IMAGE_TYPES.includes(file.type)) {
+      addRow("bot", renderError("That file is not an image this search reads.", `${file.name || "file"}: ${file.type || "unknown type"}`,
+        "Use a JPEG, PNG, WebP or GIF image.", null));
+      return false;
+    }
+    pending.image = file;
+    renderChips();
+    return true;
+  }
+
+  function addNot() {
+    const text = notInput.value.trim();
+    notInput.value = "";
+    if (text && !pending.nots.includes(text)) pending.nots.push(text);
+    renderChips();
+  }
+
+  imageInput.addEventListener("change", () => {
+    if (imageInput.files && imageInput.files[0]) attachImage(imageInput.files[0]);
+    input.focus();
+  });
+  notInput.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    event.preventDefault();
+    addNot();
+    input.focus();
+  });
+  notInput.addEventListener("blur", () => {
+    if (notInput.value.trim()) addNot();
+  });
+  document.addEventListener("dragover", (event) => {
+    if (event.dataTransfer && [...event.dataTransfer.types].includes("Files")) event.preventDefault();
+  });
+  document.addEventListener("drop", (event) => {
+    const files = event.dataTransfer ? [...event.dataTransfer.files] : [];
+    if (files.length === 0) return;
+    event.preventDefault();
+    attachImage(files.find((f) => IMAGE_TYPES.includes(f.type)) || files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? [...event.clipboardData.files] : [];
+    const image = files.find((f) => IMAGE_TYPES.includes(f.type));
+    if (!image) return;
+    event.preventDefault();
+    attachImage(image);
+  });
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     if (inFlight) return;
     const query = input.value.trim();
-    if (!query) {
+    if (notInput.value.trim()) addNot();
+    if (!query && !pending.image) {
       input.value = "";
       input.focus();
       return;
     }
     input.value = "";
-    search(query);
+    const spec = { text: query, image: pending.image, nots: [...pending.nots] };
+    pending.image = null;
+    pending.nots = [];
+    imageInput.value = "";
+    renderChips();
+    search(spec);
   });
 
   /** A filter changed: re-run the last query with it (when nothing is in flight). */
   function filtersChanged() {
-    if (lastQuery && !inFlight) search(lastQuery);
+    if (lastSpec && !inFlight) search(lastSpec);
   }
 
   document.getElementById("filters").addEventListener("click", (event) => {
