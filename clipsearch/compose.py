@@ -113,14 +113,15 @@ class ImageQueryUnsupported(QueryError):  # noqa: N818
 def require_image_support(encoder: object, query: Query) -> None:
     """Refuse, naming the term, an image or image-URL term that `encoder` cannot encode. The torch-free CPU
     replica's encoder is the artifact's ONNX *text* tower (`clipsearch.onnx_query`): it has no
-    `encode_query_images`, and loading torch for one request is not an option there."""
-    if getattr(encoder, "encode_query_images", None) is not None:
+    `encode_query_images`; the service wraps it (`services.search.encoders.WithVisionTower`) to load the torch
+    vision tower on the first image query where torch is installed (`can_encode_images`), else this refuses."""
+    if getattr(encoder, "encode_query_images", None) is not None and getattr(encoder, "can_encode_images", True):
         return
     for i, term in image_terms(query):
         raise ImageQueryUnsupported(
             f"terms[{i}].{term.kind}: this replica serves text and photo-id queries only (its query encoder is "
-            "the index's ONNX text tower, without a vision tower); search by photo id, or ask a replica that "
-            "loads the CLIP model (service.query_encoder: model)"
+            "the index's ONNX text tower and torch is not installed, so there is no vision tower); search by "
+            "photo id, or ask a replica that loads the CLIP model"
         )
 
 

@@ -7,20 +7,33 @@ encoder's identity is the artifact's own. The settings' `model.arch` / `model.pr
 model (a replica configured for another model refuses the artifact, as it would with torch). Otherwise (a GPU,
 `text_backend: torch`, `service.query_encoder: model`, or an artifact without encoders) the torch `ClipEncoder`
 is loaded once, lazily, and every artifact is verified against its weights checksum as before.
+
+Image query terms need CLIP's vision tower, which the artifact does not carry. On the torch-free path the text
+encoder is wrapped (`WithVisionTower`): text queries never touch torch; the first image query loads the torch model
+(its query-image backend: ONNX Runtime on CPU, `model.query_image_backend`) and checks that its identity is the
+artifact's. Where torch is not installed (the torch-free image) or the model differs, image terms are refused with
+422 and the reason (`clipsearch.compose.ImageQueryUnsupported`), before any image is fetched.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from clipsearch.compose import ImageQueryUnsupported
 from clipsearch.errors import ArtifactError
 from clipsearch.index.artifact import IndexArtifact, load_artifact, read_manifest
 from clipsearch.settings import Settings
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from clipsearch.encoder import ClipEncoder
 
 log = logging.getLogger("services.search")
@@ -31,6 +44,41 @@ NVIDIA_DEVICE = Path("/dev/nvidiactl")
 def runs_on_cpu(settings: Settings) -> bool:
     device = settings.model.device
     return device == "cpu" or (device == "auto" and not NVIDIA_DEVICE.exists())
+
+
+class WithVisionTower:
+    """The artifact's torch-free text encoder, plus image queries through the torch model loaded on first use."""
+
+    def __init__(self, text: Any, load_torch: Callable[[], ClipEncoder]) -> None:
+        self.text = text
+        self.identity = text.identity
+        self._load_torch = load_torch
+
+    def __getattr__(self, name: str) -> Any:  # name, dim, warmup, ... of the text encoder
+        return getattr(self.text, name)
+
+    @property
+    def can_encode_images(self) -> bool:
+        """Whether the vision tower can be loaded here (torch and open_clip installed)."""
+        return all(importlib.util.find_spec(m) is not None for m in ("torch", "open_clip"))
+
+    def encode_text_with_flags(self, texts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        vectors, flags = self.text.encode_text_with_flags(texts)
+        return vectors, flags
+
+    def encode_query_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not self.can_encode_images:
+            raise ImageQueryUnsupported(
+                "image terms: this replica serves text and photo-id queries only (torch-free: no vision tower); "
+                "search by photo id, or ask a replica that loads the CLIP model"
+            )
+        model = self._load_torch()
+        if model.identity != self.identity:
+            raise ImageQueryUnsupported(
+                f"image terms: the loaded model {model.identity.describe()} is not the index's "
+                f"{self.identity.describe()}; image queries are not served by this replica"
+            )
+        return model.encode_query_images(images)
 
 
 class QueryEncoders:
@@ -91,7 +139,7 @@ class QueryEncoders:
                 artifact.query_encoder_blobs.clear()  # the session and tables hold what they need
                 encoder.warmup()
                 self.description = f"the artifact's query encoder ({encoder.name}, no torch)"
-                return encoder, artifact
+                return WithVisionTower(encoder, self.torch_encoder), artifact
             log.warning(
                 "the artifact carries no query encoder: loading the torch model",
                 extra={"index_dir": str(index_dir)},
