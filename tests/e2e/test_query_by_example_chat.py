@@ -78,13 +78,13 @@ def test_upload_not_and_more_like_this_in_the_browser(live_service: LiveService,
             expect(page.locator(".chip-image")).to_contain_text("query.png")
             page.locator("#not-input").fill("people")
             page.locator("#not-input").press("Enter")
-            expect(page.locator(".chip-not")).to_contain_text("not people")
+            expect(page.locator("#chips .chip-not")).to_contain_text("not people")
             page.locator("#query").focus()
             page.keyboard.press("Enter")
             _wait_for_answer(page, 0)
             assert requests[-1][0] == "POST"
             assert requests[-1][1].endswith("/search")
-            expect(page.locator(".chip")).to_have_count(0)  # the terms went with that search
+            expect(page.locator("#chips .chip")).to_have_count(0)  # the terms went with that search
             user = page.locator(".bubble-user").last
             expect(user.locator("img.term-thumb")).to_have_count(1)  # a local preview of the picked image
             expect(user).to_contain_text("not people")
@@ -123,7 +123,7 @@ def test_upload_not_and_more_like_this_in_the_browser(live_service: LiveService,
             page.evaluate(_MAKE_IMAGE_AND_DISPATCH_JS, "drop")
             expect(page.locator(".chip-image")).to_contain_text("drop.png")
             page.locator(".chip-image .chip-remove").click()
-            expect(page.locator(".chip")).to_have_count(0)
+            expect(page.locator("#chips .chip")).to_have_count(0)
             page.evaluate(_MAKE_IMAGE_AND_DISPATCH_JS, "paste")
             expect(page.locator(".chip-image")).to_contain_text("paste.png")
             page.locator("#query").fill("red")
