@@ -210,7 +210,12 @@ def build_response(query: str, k: int, rerank: RerankMode, narrowing: Narrowing 
         results=hits,
         page=page,
         facets=facets,
-        understood={"mode": "vector", "filters": {"orientation": narrowing.orientation, "colors": narrowing.color}},
+        understood={
+            "kind": "text",
+            "terms": [{"kind": "text", "weight": 1.0, "share": 1.0, "text": query}],
+            "mode": "vector",
+            "filters": {"orientation": narrowing.orientation, "colors": narrowing.color},
+        },
         timings_ms={
             "encode": 11.8,
             "search": 0.9,
