@@ -21,7 +21,7 @@ import binascii
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from clipsearch.errors import ConfigError
 from clipsearch.images import is_safe_photo_id
@@ -134,7 +134,7 @@ class Filters(_Strict):
     submitted_to: date | None = Field(None, description="Submitted on or before this day.")
     camera_make: Annotated[list[str] | None, _values()] = None
     camera_model: Annotated[list[str] | None, _values()] = None
-    featured: bool | None = None
+    featured: StrictBool | None = None  # strict: 0 / "yes" are refused, not read as booleans
     min_width: int | None = Field(None, ge=1, le=100_000)
     min_height: int | None = Field(None, ge=1, le=100_000)
 

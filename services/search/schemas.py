@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from clipsearch.query import Filters, SearchMode, SortOrder
 
@@ -28,11 +28,11 @@ class SearchRequest(BaseModel):
     )
     mode: SearchMode | None = Field(None, description="vector | hybrid | keyword (default: search.mode).")
     filters: Filters = Field(default_factory=Filters, description="Metadata filters: AND across fields, OR within.")
-    offset: int = Field(0, description="Skip this many results.")
+    offset: int = Field(0, ge=0, description="Skip this many results (offset + k must fit in search.max_results).")
     cursor: str | None = Field(None, description="`page.next_cursor` of the previous page (instead of offset).")
-    min_score: float | None = Field(None, description="Drop results whose cosine score is below this.")
+    min_score: float | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
     sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
-    dedupe: bool = Field(False, description="Collapse near-duplicate photos to the best one.")
+    dedupe: StrictBool = Field(False, description="Collapse near-duplicate photos to the best one.")
 
 
 class SearchHit(BaseModel):

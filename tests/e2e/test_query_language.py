@@ -142,9 +142,9 @@ def test_hybrid_and_keyword_modes(live_service) -> None:
     ("method", "payload", "fragment"),
     [
         ("get", {"q": "x", "colour": "blue"}, "colour: unknown parameter"),
-        ("get", {"q": "x", "orientation": "diagonal"}, "filters.orientation"),
+        ("get", {"q": "x", "orientation": "diagonal"}, "orientation"),
         ("get", {"q": "x", "near": "64,-21"}, "near: give lat,lon,radius_km"),
-        ("get", {"q": "x", "submitted_from": "last year"}, "filters.submitted_from"),
+        ("get", {"q": "x", "submitted_from": "last year"}, "submitted_from"),
         ("get", {"q": "x", "min_width": "wide"}, "min_width"),
         ("get", {"q": "x", "sort": "oldest"}, "sort"),
         ("get", {"q": "x", "mode": "magic"}, "mode"),
