@@ -21,7 +21,16 @@ import binascii
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clipsearch.errors import ConfigError
 from clipsearch.images import is_safe_photo_id
@@ -31,6 +40,18 @@ SearchMode = Literal["vector", "hybrid", "keyword"]
 Orientation = Literal["landscape", "portrait", "square"]
 SortOrder = Literal["relevance", "newest", "most_downloaded"]
 
+
+def _a_number(value: object) -> object:
+    """JSON numbers only: pydantic's lax mode would read `true` as 1 and "2" as 2, which the documented schema
+    (type number / integer) forbids; an integral float such as 2.0 stays valid, as JSON Schema says."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_a_number)]
+Integer = Annotated[int, BeforeValidator(_a_number)]
+
 MAX_TERMS = 8
 MAX_WEIGHT = 10.0
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded size of one uploaded image
@@ -39,6 +60,11 @@ MAX_FILTER_VALUES = 20  # values in one field's OR-list
 
 class QueryError(ConfigError):
     """A query that cannot be answered as given; the message names the field (the API answers 422)."""
+
+
+class CursorError(QueryError):
+    """A `cursor` that does not point into this index version's results for this query (the API answers 404:
+    the page it names is not there; the client starts again without it)."""
 
 
 class _Strict(BaseModel):
@@ -57,7 +83,7 @@ class Term(_Strict):
     photo_id: str | None = Field(
         None, description="A photo of the served index ('more like this'); its stored vector is used."
     )
-    weight: float = Field(
+    weight: Number = Field(
         1.0,
         ge=-MAX_WEIGHT,
         le=MAX_WEIGHT,
@@ -107,9 +133,9 @@ class Term(_Strict):
 class GeoRadius(_Strict):
     """Photos taken within `radius_km` of a point (great-circle distance; photos without coordinates never match)."""
 
-    lat: float = Field(..., ge=-90, le=90)
-    lon: float = Field(..., ge=-180, le=180)
-    radius_km: float = Field(..., gt=0, le=20_000)
+    lat: Number = Field(..., ge=-90, le=90)
+    lon: Number = Field(..., ge=-180, le=180)
+    radius_km: Number = Field(..., gt=0, le=20_000)
 
 
 def _values(max_len: int = MAX_FILTER_VALUES) -> object:
@@ -123,7 +149,7 @@ class Filters(_Strict):
     colors: Annotated[list[str] | None, _values()] = Field(
         None, description="Colour keywords from Unsplash Lite's colors table (e.g. 'blue')."
     )
-    min_color_coverage: float = Field(
+    min_color_coverage: Number = Field(
         0.1, ge=0, le=1, description="Share of the photo a colour must cover to count (with `colors`)."
     )
     photographer: Annotated[list[str] | None, _values()] = Field(None, description="Photographer usernames.")
@@ -135,8 +161,8 @@ class Filters(_Strict):
     camera_make: Annotated[list[str] | None, _values()] = None
     camera_model: Annotated[list[str] | None, _values()] = None
     featured: StrictBool | None = None  # strict: 0 / "yes" are refused, not read as booleans
-    min_width: int | None = Field(None, ge=1, le=100_000)
-    min_height: int | None = Field(None, ge=1, le=100_000)
+    min_width: Integer | None = Field(None, ge=1, le=100_000)
+    min_height: Integer | None = Field(None, ge=1, le=100_000)
 
     @model_validator(mode="after")
     def _ordered_dates(self) -> Filters:
@@ -162,7 +188,8 @@ class Query(_Strict):
     cursor: str | None = Field(
         None,
         max_length=4096,
-        description="Opaque position returned by the previous page as `next_cursor` (instead of offset); it "
+        description="Opaque position returned by the previous page as `next_cursor` (`offset`, when also given, "
+        "skips that many more); it "
         "also skips what a re-ranked first page showed.",
     )
     min_score: float | None = Field(
@@ -187,8 +214,6 @@ class Query(_Strict):
     def _coherent(self) -> Query:
         if not any(t.weight > 0 for t in self.terms):
             raise ValueError("terms: at least one term needs a positive weight (negative terms only push away)")
-        if self.cursor is not None and self.offset:
-            raise ValueError("give either offset or cursor, not both")
         if self.mode == "keyword" and not any(t.kind == "text" for t in self.terms):
             raise ValueError("mode keyword needs a text term")
         return self
@@ -229,6 +254,23 @@ LIST_FILTERS = frozenset({"orientation", "colors", "photographer", "country", "c
 FILTER_ALIASES = {"color": "colors", "colour": "colors", "colours": "colors"}
 
 
+# Filter fields whose command-line string is read as a number or boolean first (dates stay strings: 2021 is a year).
+TYPED_FILTERS = frozenset({"min_color_coverage", "min_width", "min_height", "featured"})
+
+
+def _scalar(value: str) -> object:
+    """A command-line value as the JSON value it spells (numbers and booleans), since Filters takes JSON types."""
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
 def filters_from_pairs(pairs: list[str]) -> Filters:
     """`key=value` strings (the CLI's repeatable `--filter`) -> Filters. A list field repeated is an OR; a value
     may also be comma-separated (`orientation=landscape,square`); `near=lat,lon,radius_km`. A QueryError names
@@ -249,9 +291,9 @@ def filters_from_pairs(pairs: list[str]) -> Filters:
             parts = value.split(",")
             if len(parts) != 3:
                 raise QueryError("filters.near: write near=lat,lon,radius_km (e.g. near=64.1,-21.9,50)")
-            fields[key] = dict(zip(("lat", "lon", "radius_km"), parts, strict=True))
+            fields[key] = dict(zip(("lat", "lon", "radius_km"), map(_scalar, parts), strict=True))
         else:
-            fields[key] = value.strip()
+            fields[key] = _scalar(value) if key in TYPED_FILTERS else value.strip()
     try:
         return Filters.model_validate(fields)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from clipsearch.query import Filters, SearchMode, SortOrder
+from clipsearch.query import Filters, Integer, Number, SearchMode, SortOrder
 
 RerankMode = Literal["auto", "on", "off"]
 
@@ -21,16 +21,21 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     q: str = Field(..., description="What to look for, in plain words.", examples=["a foggy forest at dawn"])
-    k: int = Field(4, description="How many results to return.")
-    candidates: int = Field(10, description="How many nearest neighbours the re-ranker chooses from.")
+    k: Integer = Field(4, description="How many results to return.")
+    candidates: Integer = Field(10, description="How many nearest neighbours the re-ranker chooses from.")
     rerank: RerankMode = Field(
         "auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order."
     )
     mode: SearchMode | None = Field(None, description="vector | hybrid | keyword (default: search.mode).")
     filters: Filters = Field(default_factory=Filters, description="Metadata filters: AND across fields, OR within.")
-    offset: int = Field(0, ge=0, description="Skip this many results (offset + k must fit in search.max_results).")
-    cursor: str | None = Field(None, description="`page.next_cursor` of the previous page (instead of offset).")
-    min_score: float | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
+    offset: Integer = Field(0, ge=0, description="Skip this many results (offset + k must fit in search.max_results).")
+    cursor: str | None = Field(
+        None,
+        max_length=4096,
+        description="`page.next_cursor` of the previous page; empty means none. A cursor from another index version "
+        "or another query is a 404.",
+    )
+    min_score: Number | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
     sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
     dedupe: StrictBool = Field(False, description="Collapse near-duplicate photos to the best one.")
 

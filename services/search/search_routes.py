@@ -15,7 +15,16 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from clipsearch.images import image_path, is_safe_photo_id
-from clipsearch.query import MAX_FILTER_VALUES, Filters, Orientation, QueryError, SearchMode, SortOrder, check_limits
+from clipsearch.query import (
+    MAX_FILTER_VALUES,
+    CursorError,
+    Filters,
+    Orientation,
+    QueryError,
+    SearchMode,
+    SortOrder,
+    check_limits,
+)
 from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.settings import ServiceSettings
@@ -113,7 +122,7 @@ def build_query(svc: ServiceState, body: SearchRequest) -> ClipQuery:
             mode=body.mode or svc.settings.search.mode,
             filters=body.filters,
             offset=body.offset,
-            cursor=body.cursor,
+            cursor=body.cursor or None,  # `cursor=` (empty) in a link means no cursor
             min_score=body.min_score,
             sort=body.sort,
             dedupe=body.dedupe,
@@ -209,6 +218,8 @@ async def _run_search(
     start = time.perf_counter()
     try:
         got = await svc.batcher.retrieve(engine, query, disconnected=partial(until_disconnected, request))
+    except CursorError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
     except QueryError as exc:
         raise HTTPException(422, detail=str(exc)) from None
     except ClientDisconnected:
@@ -292,6 +303,10 @@ def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is par
 
 
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "The cursor does not point into the served index version's results for this query.",
+    },
     409: {"model": ErrorResponse, "description": "rerank=on was asked for and re-ranking is unavailable."},
     429: {
         "model": ErrorResponse,
@@ -327,7 +342,9 @@ async def search_get(
     offset: Annotated[
         int, Query(description="Skip this many results (offset + k must fit in search.max_results).")
     ] = 0,
-    cursor: Annotated[str | None, Query(description="`page.next_cursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=4096, description="`page.next_cursor` of the previous page; empty means none.")
+    ] = None,
     min_score: Annotated[
         float | None, Query(ge=-1, le=1, description="Drop results with a lower cosine score.")
     ] = None,

@@ -148,7 +148,6 @@ def test_hybrid_and_keyword_modes(live_service) -> None:
         ("get", {"q": "x", "min_width": "wide"}, "min_width"),
         ("get", {"q": "x", "sort": "oldest"}, "sort"),
         ("get", {"q": "x", "mode": "magic"}, "mode"),
-        ("get", {"q": "x", "cursor": "garbage"}, "cursor:"),
         ("get", {"q": "x", "offset": 2000}, "offset"),
         ("post", {"q": "x", "filters": {"colour": ["blue"]}}, "filters.colour: Extra inputs are not permitted"),
         ("post", {"q": "x", "filters": {"min_width": -1}}, "filters.min_width"),
@@ -163,6 +162,14 @@ def test_bad_query_language_is_a_422_naming_the_field(live_service, method: str,
         r = httpx.post(live_service.url("/search"), json=payload, timeout=10)
     assert r.status_code == 422, r.text
     assert fragment in r.json()["detail"]
+
+
+def test_a_cursor_this_service_did_not_issue_is_a_404_and_an_empty_one_is_none(live_service) -> None:
+    r = httpx.get(live_service.url("/search"), params={"q": "x", "cursor": "garbage", "rerank": "off"}, timeout=10)
+    assert r.status_code == 404, r.text
+    assert r.json()["detail"].startswith("cursor:")
+    empty = httpx.get(live_service.url("/search"), params={"q": "x", "cursor": "", "rerank": "off"}, timeout=10)
+    assert empty.status_code == 200, empty.text
 
 
 def test_cli_filters_mode_paging_cut_off_and_sort(live_service, served) -> None:
