@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import date
 from typing import Annotated, Literal
 
@@ -41,7 +42,14 @@ Orientation = Literal["landscape", "portrait", "square"]
 SortOrder = Literal["relevance", "newest", "most_downloaded"]
 
 
-def _a_number(value: object) -> object:
+def _a_date(value: object) -> object:
+    """A day as JSON spells it (YYYY-MM-DD) or a `date`: pydantic would also read 0 or "1600000000" as a timestamp."""
+    if isinstance(value, date) or (isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value)):
+        return value
+    raise ValueError("must be a date written YYYY-MM-DD")
+
+
+def a_number(value: object) -> object:
     """JSON numbers only: pydantic's lax mode would read `true` as 1 and "2" as 2, which the documented schema
     (type number / integer) forbids; an integral float such as 2.0 stays valid, as JSON Schema says."""
     if isinstance(value, bool | str | bytes):
@@ -49,8 +57,9 @@ def _a_number(value: object) -> object:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_a_number)]
-Integer = Annotated[int, BeforeValidator(_a_number)]
+Number = Annotated[float, BeforeValidator(a_number)]
+Integer = Annotated[int, BeforeValidator(a_number)]
+Day = Annotated[date, BeforeValidator(_a_date)]
 
 MAX_TERMS = 8
 MAX_WEIGHT = 10.0
@@ -156,19 +165,17 @@ class Filters(_Strict):
     country: Annotated[list[str] | None, _values()] = None
     city: Annotated[list[str] | None, _values()] = None
     near: GeoRadius | None = None
-    submitted_from: date | None = Field(None, description="Submitted on or after this day.")
-    submitted_to: date | None = Field(None, description="Submitted on or before this day.")
+    submitted_from: Day | None = Field(None, description="Submitted on or after this day.")
+    submitted_to: Day | None = Field(
+        None, description="Submitted on or before this day (before submitted_from: an empty window, nothing matches)."
+    )
     camera_make: Annotated[list[str] | None, _values()] = None
     camera_model: Annotated[list[str] | None, _values()] = None
     featured: StrictBool | None = None  # strict: 0 / "yes" are refused, not read as booleans
-    min_width: Integer | None = Field(None, ge=1, le=100_000)
-    min_height: Integer | None = Field(None, ge=1, le=100_000)
-
-    @model_validator(mode="after")
-    def _ordered_dates(self) -> Filters:
-        if self.submitted_from and self.submitted_to and self.submitted_from > self.submitted_to:
-            raise ValueError("submitted_from is after submitted_to")
-        return self
+    # bounds before the validator inside one Annotated: written as `Integer | None = Field(ge=...)`, pydantic puts
+    # `ge` (not `minimum`) in the JSON schema, so clients could not see them
+    min_width: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(a_number)] | None = None
+    min_height: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(a_number)] | None = None
 
     def is_empty(self) -> bool:
         return not self.model_dump(exclude_none=True, exclude={"min_color_coverage"})

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from clipsearch.query import Filters, Integer, Number, SearchMode, SortOrder
+from clipsearch.query import Filters, Integer, SearchMode, SortOrder, a_number
 
 RerankMode = Literal["auto", "on", "off"]
 
@@ -35,7 +35,9 @@ class SearchRequest(BaseModel):
         description="`page.next_cursor` of the previous page; empty means none. A cursor from another index version "
         "or another query is a 404.",
     )
-    min_score: Number | None = Field(None, ge=-1, le=1, description="Drop results whose cosine score is below this.")
+    min_score: Annotated[float, Field(ge=-1, le=1), BeforeValidator(a_number)] | None = Field(
+        None, description="Drop results whose cosine score is below this."
+    )
     sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
     dedupe: StrictBool = Field(False, description="Collapse near-duplicate photos to the best one.")
 
