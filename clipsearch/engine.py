@@ -43,7 +43,7 @@ from clipsearch.compose import (
 from clipsearch.errors import ArtifactError
 from clipsearch.image_input import ImageLimits, QueryImage
 from clipsearch.index.filters import MISSING_TIME, Selection
-from clipsearch.query import Query, QueryError, query_fingerprint
+from clipsearch.query import CursorError, Query, QueryError, query_fingerprint
 from clipsearch.rerank.base import NoopReranker, Reranker, clip_order, rerank_context
 from clipsearch.settings import SearchSettings
 from clipsearch.types import Candidate, PageInfo, RankedResult, RerankOutcome, SearchResult
@@ -314,8 +314,9 @@ class SearchEngine:
     def prepare(self, query: Query, encoded: QueryVector, *, timings_ms: dict[str, float] | None = None) -> Prepared:
         """Everything but the re-ranker (CPU only): the ranked set and this query's page of it."""
         offset, exclude = query.offset, list[int]()
-        if query.cursor is not None:
-            offset, exclude = self._read_cursor(query)
+        if query.cursor is not None:  # the cursor's position, then `offset` more when both are given
+            at, exclude = self._read_cursor(query)
+            offset += at
         if offset + query.k > self.settings.max_results:
             raise QueryError(
                 f"offset: offset + k = {offset + query.k} goes past the {self.settings.max_results} results a query "
@@ -459,16 +460,16 @@ class SearchEngine:
             offset, exclude = int(payload["o"]), [int(x) for x in payload["x"]]
             version, fingerprint = str(payload["v"]), str(payload["q"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise QueryError("cursor: not a cursor this service issued; start again without it") from exc
+            raise CursorError("cursor: not a cursor this service issued; start again without it") from exc
         if version != self.index_version:
-            raise QueryError(
+            raise CursorError(
                 f"cursor: it belongs to index version {version}, and {self.index_version} is served now; "
                 "start again from the first page"
             )
         if fingerprint != self._fingerprint(query):
-            raise QueryError("cursor: it belongs to a different query (terms, filters, mode, cut-off or sort changed)")
+            raise CursorError("cursor: it belongs to a different query (terms, filters, mode, cut-off or sort changed)")
         if offset < 0 or any(x < 0 or x >= len(self.artifact) for x in exclude):
-            raise QueryError("cursor: out of range; start again without it")
+            raise CursorError("cursor: out of range; start again without it")
         return offset, exclude
 
 

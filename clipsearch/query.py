@@ -20,10 +20,20 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clipsearch.errors import ConfigError
 from clipsearch.images import is_safe_photo_id
@@ -33,6 +43,26 @@ SearchMode = Literal["vector", "hybrid", "keyword"]
 Orientation = Literal["landscape", "portrait", "square"]
 SortOrder = Literal["relevance", "newest", "most_downloaded"]
 
+
+def _a_date(value: object) -> object:
+    """A day as JSON spells it (YYYY-MM-DD) or a `date`: pydantic would also read 0 or "1600000000" as a timestamp."""
+    if isinstance(value, date) or (isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value)):
+        return value
+    raise ValueError("must be a date written YYYY-MM-DD")
+
+
+def a_number(value: object) -> object:
+    """JSON numbers only: pydantic's lax mode would read `true` as 1 and "2" as 2, which the documented schema
+    (type number / integer) forbids; an integral float such as 2.0 stays valid, as JSON Schema says."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(a_number)]
+Integer = Annotated[int, BeforeValidator(a_number)]
+Day = Annotated[date, BeforeValidator(_a_date)]
+
 MAX_TERMS = 8
 MAX_WEIGHT = 10.0
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # decoded size of one uploaded image
@@ -41,6 +71,11 @@ MAX_FILTER_VALUES = 20  # values in one field's OR-list
 
 class QueryError(ConfigError):
     """A query that cannot be answered as given; the message names the field (the API answers 422)."""
+
+
+class CursorError(QueryError):
+    """A `cursor` that does not point into this index version's results for this query (the API answers 404:
+    the page it names is not there; the client starts again without it)."""
 
 
 class _Strict(BaseModel):
@@ -68,7 +103,7 @@ class Term(_Strict):
         "itself is left out of the results.",
         examples=["Xy3kP0aZ9bQ"],
     )
-    weight: float = Field(
+    weight: Number = Field(
         1.0,
         ge=-MAX_WEIGHT,
         le=MAX_WEIGHT,
@@ -119,9 +154,9 @@ class Term(_Strict):
 class GeoRadius(_Strict):
     """Photos taken within `radius_km` of a point (great-circle distance; photos without coordinates never match)."""
 
-    lat: float = Field(..., ge=-90, le=90)
-    lon: float = Field(..., ge=-180, le=180)
-    radius_km: float = Field(..., gt=0, le=20_000)
+    lat: Number = Field(..., ge=-90, le=90)
+    lon: Number = Field(..., ge=-180, le=180)
+    radius_km: Number = Field(..., gt=0, le=20_000)
 
 
 def _values(max_len: int = MAX_FILTER_VALUES) -> object:
@@ -135,26 +170,24 @@ class Filters(_Strict):
     colors: Annotated[list[str] | None, _values()] = Field(
         None, description="Colour keywords from Unsplash Lite's colors table (e.g. 'blue')."
     )
-    min_color_coverage: float = Field(
+    min_color_coverage: Number = Field(
         0.1, ge=0, le=1, description="Share of the photo a colour must cover to count (with `colors`)."
     )
     photographer: Annotated[list[str] | None, _values()] = Field(None, description="Photographer usernames.")
     country: Annotated[list[str] | None, _values()] = None
     city: Annotated[list[str] | None, _values()] = None
     near: GeoRadius | None = None
-    submitted_from: date | None = Field(None, description="Submitted on or after this day.")
-    submitted_to: date | None = Field(None, description="Submitted on or before this day.")
+    submitted_from: Day | None = Field(None, description="Submitted on or after this day.")
+    submitted_to: Day | None = Field(
+        None, description="Submitted on or before this day (before submitted_from: an empty window, nothing matches)."
+    )
     camera_make: Annotated[list[str] | None, _values()] = None
     camera_model: Annotated[list[str] | None, _values()] = None
-    featured: bool | None = None
-    min_width: int | None = Field(None, ge=1, le=100_000)
-    min_height: int | None = Field(None, ge=1, le=100_000)
-
-    @model_validator(mode="after")
-    def _ordered_dates(self) -> Filters:
-        if self.submitted_from and self.submitted_to and self.submitted_from > self.submitted_to:
-            raise ValueError("submitted_from is after submitted_to")
-        return self
+    featured: StrictBool | None = None  # strict: 0 / "yes" are refused, not read as booleans
+    # bounds before the validator inside one Annotated: written as `Integer | None = Field(ge=...)`, pydantic puts
+    # `ge` (not `minimum`) in the JSON schema, so clients could not see them
+    min_width: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(a_number)] | None = None
+    min_height: Annotated[int, Field(ge=1, le=100_000), BeforeValidator(a_number)] | None = None
 
     def is_empty(self) -> bool:
         return not self.model_dump(exclude_none=True, exclude={"min_color_coverage"})
@@ -174,7 +207,8 @@ class Query(_Strict):
     cursor: str | None = Field(
         None,
         max_length=4096,
-        description="Opaque position returned by the previous page as `next_cursor` (instead of offset); it "
+        description="Opaque position returned by the previous page as `next_cursor` (`offset`, when also given, "
+        "skips that many more); it "
         "also skips what a re-ranked first page showed.",
     )
     min_score: float | None = Field(
@@ -199,8 +233,6 @@ class Query(_Strict):
     def _coherent(self) -> Query:
         if not any(t.weight > 0 for t in self.terms):
             raise ValueError("terms: at least one term needs a positive weight (negative terms only push away)")
-        if self.cursor is not None and self.offset:
-            raise ValueError("give either offset or cursor, not both")
         if self.mode == "keyword" and not any(t.kind == "text" for t in self.terms):
             raise ValueError("mode keyword needs a text term")
         return self
@@ -264,6 +296,23 @@ LIST_FILTERS = frozenset({"orientation", "colors", "photographer", "country", "c
 FILTER_ALIASES = {"color": "colors", "colour": "colors", "colours": "colors"}
 
 
+# Filter fields whose command-line string is read as a number or boolean first (dates stay strings: 2021 is a year).
+TYPED_FILTERS = frozenset({"min_color_coverage", "min_width", "min_height", "featured"})
+
+
+def scalar_from_text(value: str) -> object:
+    """A command-line or form value as the JSON value it spells (numbers and booleans): the models take JSON types."""
+    text = value.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
 def filters_from_pairs(pairs: list[str]) -> Filters:
     """`key=value` strings (the CLI's repeatable `--filter`) -> Filters. A list field repeated is an OR; a value
     may also be comma-separated (`orientation=landscape,square`); `near=lat,lon,radius_km`. A QueryError names
@@ -284,9 +333,9 @@ def filters_from_pairs(pairs: list[str]) -> Filters:
             parts = value.split(",")
             if len(parts) != 3:
                 raise QueryError("filters.near: write near=lat,lon,radius_km (e.g. near=64.1,-21.9,50)")
-            fields[key] = dict(zip(("lat", "lon", "radius_km"), parts, strict=True))
+            fields[key] = dict(zip(("lat", "lon", "radius_km"), map(scalar_from_text, parts), strict=True))
         else:
-            fields[key] = value.strip()
+            fields[key] = scalar_from_text(value) if key in TYPED_FILTERS else value.strip()
     try:
         return Filters.model_validate(fields)
     except ValidationError as exc:

@@ -21,7 +21,16 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from clipsearch.query import MAX_TERMS, Filters, Query, QueryError, SearchMode, SortOrder, check_limits
+from clipsearch.query import (
+    MAX_TERMS,
+    Filters,
+    Query,
+    QueryError,
+    SearchMode,
+    SortOrder,
+    check_limits,
+    scalar_from_text,
+)
 from clipsearch.settings import Settings
 from services.search.schemas import RerankMode, SearchRequest
 
@@ -34,6 +43,7 @@ BASE64_OVERHEAD = 4 / 3
 BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # Form fields of a multipart POST besides image files: the shorthand, the scalars of the query, and `query` (the
 # JSON form as text, where filters and weighted terms go).
+TYPED_FORM_SCALARS = frozenset({"k", "candidates", "offset", "min_score", "dedupe"})
 FORM_SCALARS = ("q", "k", "candidates", "rerank", "mode", "offset", "cursor", "min_score", "sort", "dedupe")
 FORM_LISTS = ("like", "not", "image_url")
 
@@ -85,6 +95,12 @@ def _shorthand_terms(
     return terms
 
 
+def max_offset(settings: Settings) -> int:
+    """The deepest offset any k can page from (offset + k must fit in search.max_results); documented as the
+    bound of `offset` in the OpenAPI document."""
+    return max(0, settings.search.max_results - settings.service.max_k)
+
+
 def _build(terms: list[Any], settings: Settings, **fields: Any) -> Query:
     if not terms:
         raise AdapterError(
@@ -97,6 +113,14 @@ def _build(terms: list[Any], settings: Settings, **fields: Any) -> Query:
         fields["candidates"] = max(fields["candidates"], fields["k"])
     if fields.get("mode") is None:
         fields["mode"] = settings.search.mode
+    fields["cursor"] = fields.get("cursor") or None  # `cursor=` (empty) in a link means no cursor
+    deepest = max_offset(settings)
+    if (fields.get("offset") or 0) > deepest:
+        raise AdapterError(
+            422,
+            f"offset: must be at most {deepest} (search.max_results {settings.search.max_results} - max_k "
+            f"{settings.service.max_k}); narrow the query with filters or min_score instead of paging that deep",
+        )
     for i, term in enumerate(terms):
         text = term.get("text") if isinstance(term, dict) else getattr(term, "text", None)
         if isinstance(text, str) and len(text) > settings.service.max_query_chars:
@@ -284,8 +308,9 @@ async def _from_multipart(request: Request, settings: Settings) -> Query:
         if not isinstance(payload, dict):
             raise AdapterError(422, "query: expected a JSON object")
     for name in FORM_SCALARS:
-        if name in fields:
-            payload[name] = fields[name][0]
+        if name in fields:  # form values are text: numbers and booleans are read as the JSON they spell
+            value = fields[name][0]
+            payload[name] = scalar_from_text(value) if name in TYPED_FORM_SCALARS else value
     for name in FORM_LISTS:
         if name in fields:
             payload[name] = [*payload.get(name, []), *fields[name]]

@@ -6,9 +6,9 @@ import base64
 import binascii
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from clipsearch.query import Filters, SearchMode, SortOrder, Term
+from clipsearch.query import Filters, Integer, SearchMode, SortOrder, Term, a_number
 
 RerankMode = Literal["auto", "on", "off"]
 
@@ -61,8 +61,8 @@ class SearchRequest(BaseModel):
         'in [-10, 10] (default 1). In a multipart form a term may be {"file": "<part name>", "weight": 2}.',
         examples=[[{"text": "snow", "weight": 2}, {"photo_id": "Xy3kP0aZ9bQ"}, {"text": "people", "weight": -1}]],
     )
-    k: int | None = Field(None, description="How many results to return (default: search.k).", examples=[4])
-    candidates: int | None = Field(
+    k: Integer | None = Field(None, description="How many results to return (default: search.k).", examples=[4])
+    candidates: Integer | None = Field(
         None,
         description="How many nearest neighbours the re-ranker chooses from (default: search.candidates).",
         examples=[10],
@@ -72,11 +72,18 @@ class SearchRequest(BaseModel):
     )
     mode: SearchMode | None = Field(None, description="vector | hybrid | keyword (default: search.mode).")
     filters: Filters = Field(default_factory=Filters, description="Metadata filters: AND across fields, OR within.")
-    offset: int = Field(0, description="Skip this many results.")
-    cursor: str | None = Field(None, description="`page.next_cursor` of the previous page (instead of offset).")
-    min_score: float | None = Field(None, description="Drop results whose cosine score is below this.")
+    offset: Integer = Field(0, ge=0, description="Skip this many results (offset + k must fit in search.max_results).")
+    cursor: str | None = Field(
+        None,
+        max_length=4096,
+        description="`page.next_cursor` of the previous page; empty means none. A cursor from another index version "
+        "or another query is a 404.",
+    )
+    min_score: Annotated[float, Field(ge=-1, le=1), BeforeValidator(a_number)] | None = Field(
+        None, description="Drop results whose cosine score is below this."
+    )
     sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
-    dedupe: bool = Field(False, description="Collapse near-duplicate photos to the best one.")
+    dedupe: StrictBool = Field(False, description="Collapse near-duplicate photos to the best one.")
 
 
 class SearchHit(BaseModel):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from datetime import date
 from functools import lru_cache, partial
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -15,7 +17,7 @@ from pydantic import ValidationError
 from clipsearch.compose import gather_images, image_terms, query_kind, require_image_support
 from clipsearch.image_input import ImageInputError, QueryImage
 from clipsearch.images import image_path, is_safe_photo_id
-from clipsearch.query import Filters, QueryError, SearchMode, SortOrder
+from clipsearch.query import MAX_FILTER_VALUES, CursorError, Filters, Orientation, QueryError, SearchMode, SortOrder
 from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.safe_fetch import FetchError
@@ -42,6 +44,12 @@ PHOTO_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # clipsearch.images.is_safe_photo_i
 # BLANK_CHARS (services.search.query_adapters): what counts as blank around a text; QUERY_PATTERN states it in JSON
 # Schema for clients and the contract fuzzer.
 __all__ = ["BLANK_CHARS", "QUERY_PATTERN", "build_query", "document_limits", "router"]
+# `near` = lat,lon,radius_km with lat in [-90, 90], lon in [-180, 180], radius in (0, 20000]: the documented pattern
+# and the check are this one expression, so a client following the document is never refused for `near`.
+_LAT = r"-?(?:90(?:\.0+)?|[1-8]?[0-9](?:\.[0-9]+)?)"
+_LON = r"-?(?:180(?:\.0+)?|(?:1[0-7][0-9]|[1-9]?[0-9])(?:\.[0-9]+)?)"
+_KM = r"(?:(?:[1-9][0-9]{0,3}|1[0-9]{4})(?:\.[0-9]+)?|20000(?:\.0+)?|0\.[0-9]*[1-9][0-9]*)"
+NEAR_PATTERN = rf"^{_LAT},{_LON},{_KM}$"
 QUERY_PATTERN = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"  # at least one character that is not blank
 
 
@@ -122,12 +130,15 @@ def _constrain(node: dict[str, Any], **bounds: object) -> None:
             branch.update(bounds)
 
 
-def document_limits(openapi: dict[str, Any], limits: ServiceSettings) -> None:
-    """Write the service's settings-dependent bounds (query length, k, candidates) into its OpenAPI document."""
+def document_limits(openapi: dict[str, Any], limits: ServiceSettings, max_results: int) -> None:
+    """Write the service's settings-dependent bounds (query length, k, candidates, offset) into its OpenAPI
+    document, and `near`'s pattern (checked by `_near` with its own message)."""
     bounds: dict[str, dict[str, object]] = {
         "q": {"minLength": 1, "maxLength": limits.max_query_chars, "pattern": QUERY_PATTERN},
         "k": {"minimum": 1, "maximum": limits.max_k},
         "candidates": {"minimum": 1, "maximum": limits.max_candidates},
+        "offset": {"minimum": 0, "maximum": max(0, max_results - limits.max_k)},
+        "near": {"pattern": NEAR_PATTERN},
     }
     get = openapi.get("paths", {}).get("/search", {}).get("get", {})
     for param in get.get("parameters", []):
@@ -140,10 +151,13 @@ def document_limits(openapi: dict[str, Any], limits: ServiceSettings) -> None:
 
 
 def _near(value: str) -> dict[str, float]:
-    try:
-        lat, lon, km = (float(v) for v in value.split(","))
-    except ValueError:
-        raise HTTPException(422, detail="near: give lat,lon,radius_km (e.g. near=64.1,-21.9,50)") from None
+    if not re.fullmatch(NEAR_PATTERN, value):
+        raise HTTPException(
+            422,
+            detail="near: give lat,lon,radius_km with lat -90..90, lon -180..180, radius 0..20000 km in plain "
+            "decimals (e.g. near=64.1,-21.9,50)",
+        )
+    lat, lon, km = (float(v) for v in value.split(","))
     return {"lat": lat, "lon": lon, "radius_km": km}
 
 
@@ -203,6 +217,8 @@ async def _answer(
             got = await svc.batcher.retrieve(
                 engine, query, disconnected=partial(until_disconnected, request), images=images
             )
+    except CursorError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
     except ClientDisconnected:
         raise HTTPException(499, detail="client closed the request before its query started") from None
     encoded = got.encoded
@@ -289,6 +305,10 @@ def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is par
 
 
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {
+        "model": ErrorResponse,
+        "description": "The cursor does not point into the served index version's results for this query.",
+    },
     409: {"model": ErrorResponse, "description": "rerank=on was asked for and re-ranking is unavailable."},
     429: {
         "model": ErrorResponse,
@@ -335,27 +355,40 @@ async def search_get(
     ] = None,
     rerank: Annotated[RerankMode, Query(description="auto | on | off")] = "auto",
     mode: Annotated[SearchMode | None, Query(description="vector | hybrid | keyword (default: search.mode).")] = None,
-    offset: Annotated[int, Query(description="Skip this many results.")] = 0,
-    cursor: Annotated[str | None, Query(description="`page.next_cursor` of the previous page.")] = None,
-    min_score: Annotated[float | None, Query(description="Drop results with a lower cosine score.")] = None,
+    offset: Annotated[
+        int, Query(description="Skip this many results (offset + k must fit in search.max_results).")
+    ] = 0,
+    cursor: Annotated[
+        str | None, Query(max_length=4096, description="`page.next_cursor` of the previous page; empty means none.")
+    ] = None,
+    min_score: Annotated[
+        float | None, Query(ge=-1, le=1, description="Drop results with a lower cosine score.")
+    ] = None,
     sort: Annotated[SortOrder, Query(description="relevance | newest | most_downloaded")] = "relevance",
     dedupe: Annotated[bool, Query(description="Collapse near-duplicates to the best one.")] = False,
     orientation: Annotated[
-        list[str] | None, Query(description="landscape | portrait | square (repeat for OR).")
+        list[Orientation] | None,
+        Query(max_length=MAX_FILTER_VALUES, description="landscape | portrait | square (repeat for OR)."),
     ] = None,
-    color: Annotated[list[str] | None, Query(description="Colour keyword, e.g. blue (repeat for OR).")] = None,
-    min_color_coverage: Annotated[float | None, Query(description="Share a colour must cover (default 0.1).")] = None,
-    photographer: Annotated[list[str] | None, Query(description="Photographer username.")] = None,
-    country: Annotated[list[str] | None, Query()] = None,
-    city: Annotated[list[str] | None, Query()] = None,
+    color: Annotated[
+        list[str] | None, Query(max_length=MAX_FILTER_VALUES, description="Colour keyword, e.g. blue (repeat for OR).")
+    ] = None,
+    min_color_coverage: Annotated[
+        float | None, Query(ge=0, le=1, description="Share a colour must cover (default 0.1).")
+    ] = None,
+    photographer: Annotated[
+        list[str] | None, Query(max_length=MAX_FILTER_VALUES, description="Photographer username.")
+    ] = None,
+    country: Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)] = None,
+    city: Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)] = None,
     near: Annotated[str | None, Query(description="lat,lon,radius_km")] = None,
-    submitted_from: Annotated[str | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
-    submitted_to: Annotated[str | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
-    camera_make: Annotated[list[str] | None, Query()] = None,
-    camera_model: Annotated[list[str] | None, Query()] = None,
+    submitted_from: Annotated[date | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
+    submitted_to: Annotated[date | None, Query(description="YYYY-MM-DD, inclusive.")] = None,
+    camera_make: Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)] = None,
+    camera_model: Annotated[list[str] | None, Query(max_length=MAX_FILTER_VALUES)] = None,
     featured: Annotated[bool | None, Query()] = None,
-    min_width: Annotated[int | None, Query()] = None,
-    min_height: Annotated[int | None, Query()] = None,
+    min_width: Annotated[int | None, Query(ge=1, le=100_000)] = None,
+    min_height: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> SearchResponse:
     unknown = sorted(set(request.query_params) - GET_PARAMS)
     if unknown:

@@ -142,17 +142,18 @@ def test_hybrid_and_keyword_modes(live_service) -> None:
     ("method", "payload", "fragment"),
     [
         ("get", {"q": "x", "colour": "blue"}, "colour: unknown parameter"),
-        ("get", {"q": "x", "orientation": "diagonal"}, "filters.orientation"),
+        ("get", {"q": "x", "orientation": "diagonal"}, "orientation"),
         ("get", {"q": "x", "near": "64,-21"}, "near: give lat,lon,radius_km"),
-        ("get", {"q": "x", "submitted_from": "last year"}, "filters.submitted_from"),
+        ("get", {"q": "x", "submitted_from": "last year"}, "submitted_from"),
         ("get", {"q": "x", "min_width": "wide"}, "min_width"),
         ("get", {"q": "x", "sort": "oldest"}, "sort"),
         ("get", {"q": "x", "mode": "magic"}, "mode"),
-        ("get", {"q": "x", "cursor": "garbage"}, "cursor:"),
         ("get", {"q": "x", "offset": 2000}, "offset"),
         ("post", {"q": "x", "filters": {"colour": ["blue"]}}, "filters.colour: Extra inputs are not permitted"),
         ("post", {"q": "x", "filters": {"min_width": -1}}, "filters.min_width"),
-        ("post", {"q": "x", "filters": {"submitted_from": "2022-01-01", "submitted_to": "2021-01-01"}}, "filters"),
+        ("post", {"q": "x", "filters": {"submitted_from": 0}}, "filters.submitted_from: Value error, must be a date"),
+        ("post", {"q": "x", "dedupe": 0}, "dedupe"),
+        ("post", {"q": "x", "k": True}, "k: Value error, must be a number"),
         ("post", {"q": "x", "page": 2}, "page: Extra inputs are not permitted"),
     ],
 )
@@ -163,6 +164,14 @@ def test_bad_query_language_is_a_422_naming_the_field(live_service, method: str,
         r = httpx.post(live_service.url("/search"), json=payload, timeout=10)
     assert r.status_code == 422, r.text
     assert fragment in r.json()["detail"]
+
+
+def test_a_cursor_this_service_did_not_issue_is_a_404_and_an_empty_one_is_none(live_service) -> None:
+    r = httpx.get(live_service.url("/search"), params={"q": "x", "cursor": "garbage", "rerank": "off"}, timeout=10)
+    assert r.status_code == 404, r.text
+    assert r.json()["detail"].startswith("cursor:")
+    empty = httpx.get(live_service.url("/search"), params={"q": "x", "cursor": "", "rerank": "off"}, timeout=10)
+    assert empty.status_code == 200, empty.text
 
 
 def test_cli_filters_mode_paging_cut_off_and_sort(live_service, served) -> None:

@@ -33,7 +33,7 @@ from services.search.encoders import QueryEncoders
 
 encoders = QueryEncoders(load_settings())
 encoder, artifact = encoders.load(Path(sys.argv[1]))
-result = SearchEngine(encoder, artifact).search(sys.argv[2], k=3, candidates=5, rerank=False)
+result = SearchEngine(encoder, artifact).search_text(sys.argv[2], k=3, candidates=5, rerank=False)
 print(json.dumps({
     "torch": "torch" in sys.modules,
     "open_clip": "open_clip" in sys.modules,
