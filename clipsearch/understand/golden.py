@@ -14,13 +14,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from clipsearch.errors import DataFormatError
 from clipsearch.query import Filters, Term
 from clipsearch.understand.compose import Composition
+
+if TYPE_CHECKING:
+    from clipsearch.understand.understander import GeminiUnderstander
 
 STOPWORDS = frozenset(
     [
@@ -147,11 +150,7 @@ def score(item: GoldenItem, composition: Composition | None) -> dict[str, float]
     }
 
 
-class _Understands(Protocol):
-    def understand(self, text: str, **kwargs: Any) -> Any: ...
-
-
-def run_golden(understander: _Understands, items: Sequence[GoldenItem]) -> list[dict[str, Any]]:
+def run_golden(understander: GeminiUnderstander, items: Sequence[GoldenItem]) -> list[dict[str, Any]]:
     """Ask the understander for every item (understand=on) and score each answer."""
     rows: list[dict[str, Any]] = []
     for item in items:

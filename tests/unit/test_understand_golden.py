@@ -3,6 +3,7 @@ stand-in answers what a careful human would (so a real model's score measures th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,51 @@ def test_a_bad_golden_line_names_itself(tmp_path: Path) -> None:
     path.write_text('{"id": "a", "request": "x", "expected": {"terms": [{"weight": 1}]}}\n')
     with pytest.raises(DataFormatError, match=r"g.jsonl:1"):
         load_golden(path)
+
+
+def test_evaluate_understanding_without_a_key_says_so_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from clipsearch.settings import get_settings
+    from training import evaluate_understanding
+
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.setenv("CLIPSEARCH_PARAMS", str(tmp_path / "none.yaml"))
+    get_settings.cache_clear()
+    try:
+        assert evaluate_understanding.main([]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert "understanding evaluation skipped: no Gemini key" in capsys.readouterr().err
+
+
+def test_evaluate_understanding_with_a_key_scores_and_logs_to_mlflow(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, gemini_standin: GeminiStandin
+) -> None:
+    import mlflow
+
+    from clipsearch.settings import get_settings
+    from training import evaluate_understanding
+
+    for item in load_golden(GOLDEN):
+        gemini_standin.answer(item.request, item.expected)
+    monkeypatch.setenv("GEMINI_API_KEY", "standin-key")
+    monkeypatch.setenv("CLIPSEARCH_PARAMS", str(tmp_path / "none.yaml"))
+    monkeypatch.setenv("CLIPSEARCH_RERANK__BASE_URL", gemini_standin.base_url)
+    monkeypatch.setenv("CLIPSEARCH_UNDERSTAND__BUDGET_S", "3")
+    monkeypatch.setenv("CLIPSEARCH_EVALUATE__OUTPUT_DIR", str(tmp_path / "reports"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("CLIPSEARCH_REGISTRY__TRACKING_URI", uri)
+    get_settings.cache_clear()
+    try:
+        assert evaluate_understanding.main([]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert "filters exact 1.000, term F1 1.000" in out and "MLflow run" in out
+    report = json.loads((tmp_path / "reports" / "understanding.json").read_text())
+    assert report["metrics"]["filters_exact"] == 1.0
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["clipsearch"], output_format="list")
+    assert run.data.metrics["understanding_filters_exact"] == 1.0
+    assert run.data.tags["evaluation"] == "understanding"
