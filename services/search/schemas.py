@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 RerankMode = Literal["auto", "on", "off"]
+UnderstandMode = Literal["auto", "on", "off"]
 
 
 class SearchRequest(BaseModel):
@@ -17,6 +18,22 @@ class SearchRequest(BaseModel):
     candidates: int = Field(10, description="How many nearest neighbours the re-ranker chooses from.")
     rerank: RerankMode = Field(
         "auto", description="auto: re-rank when a Gemini key is configured; on: required; off: CLIP order."
+    )
+    # -- query understanding and conversation (clipsearch.understand) --
+    understand: UnderstandMode = Field(
+        "auto",
+        description="auto: Gemini reads the request into terms and filters unless it is a few plain words; on: "
+        "always (409 when unavailable); off: search the text as typed.",
+    )
+    conversation_id: str | None = Field(
+        None,
+        description="The `conversation_id` of the previous answer: `q` then refines that query (a follow-up).",
+    )
+    remove: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Keys of parts of the conversation's query to take away (`understanding.parts[].key`); `q` may "
+        "then be empty.",
     )
 
 
@@ -48,6 +65,35 @@ class RerankInfo(BaseModel):
     )
 
 
+class QueryPart(BaseModel):
+    key: str = Field(..., description="Send it in `remove` to take this part away (`terms.1`, `filters.country`).")
+    label: str = Field(..., examples=["Iceland", "2021-", "not: people"])
+    kind: Literal["term", "filter"]
+
+
+class UnderstandingInfo(BaseModel):
+    """How the request was read: the query as understood, part by part, and why Gemini did not read it."""
+
+    requested: UnderstandMode
+    understood: bool = Field(..., description="True when Gemini's reading was used; false: searched as typed.")
+    reason: str | None = Field(
+        None,
+        description="Why not: not_needed (a few plain words), not_requested, disabled, spend_guard, timeout, quota, "
+        "overloaded, blocked, invalid_output, breaker_open, model_unavailable, error.",
+    )
+    detail: str | None = None
+    summary: str = Field(..., examples=["Iceland, 2021-, landscape, not: people"])
+    parts: list[QueryPart]
+    changes: list[str] = Field(default_factory=list, description="What this turn changed: '+ night', '- snow'.")
+    notes: list[str] = Field(default_factory=list, description="What was dropped from Gemini's answer, and why.")
+    not_applied: list[str] = Field(
+        default_factory=list, description="Parts this engine version could not apply to the search."
+    )
+    model: str | None = None
+    cached: bool = False
+    conversation: str | None = Field(None, description="Set when a conversation could not be continued, and why.")
+
+
 class SearchResponse(BaseModel):
     query: str
     query_truncated: bool = Field(
@@ -59,6 +105,10 @@ class SearchResponse(BaseModel):
     index_version: str
     stale: bool = Field(..., description="True when the registry was unreachable and a cached version is served.")
     request_id: str
+    understanding: UnderstandingInfo | None = None
+    conversation_id: str | None = Field(
+        None, description="Send it back with the next request to refine this query (opaque, signed, expires)."
+    )
 
 
 class ReadyResponse(BaseModel):

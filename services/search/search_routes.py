@@ -10,8 +10,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from clipsearch.images import image_path, is_safe_photo_id
+from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.types import SearchResult
 from clipsearch.unsplash import photo_image_url
@@ -25,6 +27,7 @@ from services.search.schemas import (
     SearchResponse,
 )
 from services.search.state import ServiceState, ServingDep, StateDep
+from services.search.understanding import describe_turn, outcome_label, read_turn, text_for_engine
 
 THUMB_PX = 320
 
@@ -63,8 +66,15 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
 async def _run_search(
     svc: ServiceState, serving: ServingIndex, request: Request, body: SearchRequest
 ) -> SearchResponse:
-    """Validate, then encode + search in the micro-batcher, then re-rank (network: off the event loop)."""
-    text = _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    """Validate, read the request (understanding, conversation), then encode + search in the micro-batcher, then
+    re-rank (network: off the event loop)."""
+    budget, t_read = svc.turns.budget(), time.perf_counter()
+    if body.q.strip() or not (body.conversation_id or body.remove):
+        _validate_query(svc, body.q, body.k, body.candidates, body.rerank)
+    turn = await read_turn(svc.turns, body, _base_query(body), budget)
+    text, not_applied = text_for_engine(turn.query)
+    text = _validate_query(svc, text, body.k, body.candidates, body.rerank)
+    understand_ms = (time.perf_counter() - t_read) * 1000.0
     engine = serving.engine
     start = time.perf_counter()
     got = await svc.batcher.retrieve(engine, text, max(body.k, body.candidates))
@@ -77,6 +87,7 @@ async def _run_search(
     top1 = result.results[0].candidate.score if result.results else None
     fallback_reason, outcome = _rerank_outcome(body.rerank, result)
     svc.metrics.observe_search(result.timings_ms, outcome, result.rerank_usage, top1)
+    svc.metrics.observe_understanding(outcome_label(turn), turn.usage)
     svc.drift.record(encoded.vector, top1)
     base = str(request.base_url).rstrip("/")
     hits = []
@@ -98,11 +109,12 @@ async def _run_search(
                 reason=r.reason,
             )
         )
+    conversation_id, seal_notes = svc.turns.end(turn, [h.photo_id for h in hits])
     return SearchResponse(
         query=text,
         query_truncated=result.query_truncated,
         results=hits,
-        timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
+        timings_ms={k: round(v, 3) for k, v in {"understand": understand_ms, **result.timings_ms}.items()},
         rerank=RerankInfo(
             requested=body.rerank,
             applied=result.rerank_applied,
@@ -113,7 +125,19 @@ async def _run_search(
         index_version=serving.index_version,
         stale=svc.index.stale,
         request_id=request.state.request_id,
+        understanding=describe_turn(body.understand, turn, not_applied=not_applied, notes=seal_notes),
+        conversation_id=conversation_id,
     )
+
+
+def _base_query(body: SearchRequest) -> ClipQuery:
+    """The request's own fields as a Query (its text as one term) for understanding to build on."""
+    try:
+        return ClipQuery.from_text(body.q.strip() or "photo", k=body.k, candidates=body.candidates, rerank=body.rerank)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise HTTPException(422, detail=f"{where}: {first.get('msg', 'invalid')}") from None
 
 
 @lru_cache(maxsize=4096)
@@ -144,6 +168,7 @@ async def search_get(
         k=defaults.k if k is None else k,
         candidates=defaults.candidates if candidates is None else candidates,
         rerank=rerank,
+        understand="off",  # GET /search is unchanged: the text as typed
     )
     return await _run_search(svc, serving, request, body)
 

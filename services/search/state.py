@@ -20,6 +20,7 @@ from services.search.batching import QueryBatcher
 from services.search.drift import DriftMonitor
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.telemetry import Metrics
+from services.search.understanding import build_turns
 
 log = logging.getLogger("services.search")
 
@@ -49,6 +50,7 @@ class ServiceState:
         )
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
+        self.turns = build_turns(settings)  # query understanding + conversations (clipsearch.understand)
 
     @property
     def reranker_status(self) -> str:
@@ -122,6 +124,8 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.batcher.close()
+        if self.turns.understander is not None:
+            self.turns.understander.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
