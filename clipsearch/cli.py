@@ -10,13 +10,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipsearch.cli_support import EXIT_ERROR
-from clipsearch.errors import ClipsearchError
-from clipsearch.settings import get_settings
+from clipsearch.errors import ClipsearchError, ConfigError
+from clipsearch.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from clipsearch.understand.turn import Turn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -41,6 +44,9 @@ def search(
     ] = None,
     rerank: Annotated[bool, typer.Option(help="Re-rank with Gemini when GEMINI_API_KEY is set.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    understand: Annotated[
+        str, typer.Option(help="auto | on | off: let Gemini read the request into terms and filters first.")
+    ] = "off",
 ) -> None:
     """Search the local index artifact built by `dvc repro`."""
     with fail_cleanly():
@@ -57,6 +63,13 @@ def search(
         engine = load_engine(
             index_dir or settings.index.output_dir, ClipEncoder.from_settings(settings.model), reranker
         )
+        turn = _understood(settings, query, understand, k, max(k, candidates))
+        if turn is not None:
+            from clipsearch.understand.compose import describe
+
+            applied = {f"terms.{i}" for i, t in enumerate(turn.query.terms) if t.text is not None and t.weight > 0}
+            not_applied = [p.label for p in describe(turn.query) if p.key not in applied]
+            query = turn.query.text  # this engine searches text; the rest is reported, not applied
         result = engine.search(query, k=k, candidates=max(k, candidates), rerank=rerank)
         if as_json:
             typer.echo(
@@ -67,6 +80,7 @@ def search(
                         "rerank_applied": result.rerank_applied,
                         "rerank_fallback_reason": result.rerank_fallback_reason,
                         "timings_ms": result.timings_ms,
+                        "understanding": None if turn is None else {**turn.as_dict(), "not_applied": not_applied},
                         "results": [
                             {
                                 "rank": r.rank,
@@ -84,6 +98,13 @@ def search(
             )
             return
         typer.echo(f'"{query}"  (index {result.index_version}; re-rank: {status})')
+        if turn is not None:
+            how = "understood" if turn.understood else f"searched as typed ({turn.reason})"
+            typer.echo(f"understood as: {turn.summary}  [{how}]")
+            if not_applied:
+                typer.echo(f"not applied by this engine yet: {', '.join(not_applied)}")
+            for note in turn.notes:
+                typer.echo(f"   note: {note}")
         if result.query_truncated:
             typer.echo("note: the query was longer than CLIP's 77-token context and was truncated")
         for r in result.results:
@@ -95,6 +116,29 @@ def search(
                 typer.echo(f"   why: {r.reason}")
         timings = "  ".join(f"{name} {ms:.1f} ms" for name, ms in result.timings_ms.items())
         typer.echo(f"timings: {timings}")
+
+
+def _understood(settings: Settings, text: str, mode: str, k: int, candidates: int) -> Turn | None:
+    """Read the request with Gemini (`--understand auto|on`); None for off. on without a key is an error."""
+    if mode not in ("auto", "on", "off"):
+        raise typer.BadParameter("must be auto, on or off", param_hint="--understand")
+    if mode == "off":
+        return None
+    from clipsearch.query import Query
+    from clipsearch.understand.turn import Turns
+    from clipsearch.understand.understander import GeminiUnderstander
+
+    understander = GeminiUnderstander.from_settings(
+        settings.understand, settings.rerank, max_query_chars=settings.service.max_query_chars
+    )
+    if understander is None and mode == "on":
+        raise ConfigError("--understand on needs GEMINI_API_KEY (or rerank.api_key) and understand.enabled=true")
+    turns = Turns(settings, understander, status="no Gemini key: searched as typed")
+    try:
+        return turns.begin(text, base=Query.from_text(text, k=k, candidates=candidates), mode=mode)  # type: ignore[arg-type]
+    finally:
+        if understander is not None:
+            understander.close()
 
 
 @app.command()

@@ -26,7 +26,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageDraw
 
-from services.search.schemas import RerankInfo, RerankMode, SearchHit, SearchResponse
+from services.search.schemas import RerankInfo, RerankMode, SearchHit, SearchRequest, SearchResponse
 from services.search.ui import mount_ui
 
 ERROR_QUERY = "!fail"
@@ -149,6 +149,12 @@ async def search(
     if q.strip() == DOWN_QUERY:
         return JSONResponse({"detail": DOWN_DETAIL}, status_code=503)
     return build_response(q.strip(), k, rerank)
+
+
+@app.post("/search", response_model=SearchResponse)
+async def search_post(body: SearchRequest) -> SearchResponse | JSONResponse:
+    """The chat page's request (POST since conversations); the same answers as GET."""
+    return await search(q=body.q or " ", k=body.k, candidates=body.candidates, rerank=body.rerank)
 
 
 @app.get("/images/{photo_id}")

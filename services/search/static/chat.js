@@ -1,4 +1,8 @@
-// clipsearch chat page: sends each query to GET /search and renders the answer as a bubble.
+// clipsearch chat page: sends each query to POST /search and renders the answer as a bubble.
+//
+// The conversation is real: each answer carries a `conversation_id` (signed state of the query so far) that the
+// next message sends back, so "only at night" refines the last query. The query as understood is shown as chips;
+// removing one sends `remove: [key]` for the same conversation (no new typing, no Gemini call).
 //
 // Everything the server sends (descriptions, reasons, photographer names, error details) is untrusted: it only
 // ever reaches the DOM through textContent or setAttribute, never through an HTML parser. Image URLs must be http(s); anything
@@ -23,6 +27,19 @@
     error: "re-ranker error",
   };
 
+  const UNDERSTAND_TEXT = {
+    disabled: "understanding is off (no Gemini key)",
+    spend_guard: "understanding paused: spend limit reached",
+    timeout: "understanding timed out",
+    quota: "understanding quota exhausted",
+    overloaded: "understanding model overloaded",
+    blocked: "understanding refused the request",
+    invalid_output: "understanding gave an unusable answer",
+    breaker_open: "understanding paused after repeated failures",
+    model_unavailable: "understanding model not found",
+    error: "understanding error",
+  };
+
   const apiBase = document.body.dataset.apiBase || "";
   const log = document.getElementById("log");
   const form = document.getElementById("composer");
@@ -31,6 +48,7 @@
   const rerankSelect = document.getElementById("rerank");
 
   let inFlight = false;
+  let conversationId = null; // the last answer's conversation_id: follow-ups refine its query
 
   /** Create an element with an optional class and plain-text content (never parsed as HTML). */
   function el(tag, className, text) {
@@ -154,12 +172,58 @@
     return item;
   }
 
+  /** The query as understood: one chip per part, each removable; what changed; why it was searched as typed. */
+  function renderUnderstanding(u) {
+    const box = el("div", "understood");
+    if (!u || typeof u !== "object") return box;
+    const parts = Array.isArray(u.parts) ? u.parts : [];
+    const chips = el("ul", "chips");
+    chips.setAttribute("aria-label", "Query as understood");
+    const removable = parts.length > 1;
+    for (const part of parts) {
+      if (!part || typeof part.key !== "string") continue;
+      const label = String(part.label ?? "");
+      const chip = el("li", `chip chip-${part.kind === "filter" ? "filter" : "term"}`);
+      chip.dataset.key = part.key;
+      chip.appendChild(el("span", "chip-label", label));
+      if (removable) {
+        const x = el("button", "chip-remove", "×");
+        x.type = "button";
+        x.setAttribute("aria-label", `Remove “${label}”`);
+        x.title = `Remove “${label}” and search again`;
+        x.addEventListener("click", () => {
+          if (!inFlight) search(`without “${label}”`, { remove: [part.key] });
+        });
+        chip.appendChild(x);
+      }
+      chips.appendChild(chip);
+    }
+    box.appendChild(chips);
+    const notes = [];
+    if (Array.isArray(u.changes) && u.changes.length) notes.push(`changed: ${u.changes.join(", ")}`);
+    const why = u.understood ? null : UNDERSTAND_TEXT[u.reason];
+    if (why) notes.push(`searched as typed: ${why}`);
+    if (Array.isArray(u.not_applied) && u.not_applied.length) {
+      notes.push(`not applied by this server yet: ${u.not_applied.join(", ")}`);
+    }
+    if (u.conversation) notes.push(String(u.conversation));
+    if (notes.length) {
+      const line = el("p", "understood-note", notes.join(" · "));
+      if (u.detail) line.title = String(u.detail);
+      box.appendChild(line);
+    }
+    box.dataset.understood = u.understood ? "true" : "false";
+    if (u.reason) box.dataset.reason = String(u.reason);
+    return box;
+  }
+
   /** The answer bubble for a successful SearchResponse. */
   function renderAnswer(query, data, clientMs) {
     const bubble = el("article", "bubble bubble-bot answer");
     bubble.setAttribute("aria-label", `Results for “${query}”`);
     const results = Array.isArray(data.results) ? data.results : [];
 
+    if (data.understanding) bubble.appendChild(renderUnderstanding(data.understanding));
     if (data.query_truncated) {
       bubble.appendChild(
         el("p", "notice", "Your description was longer than the model reads; only its beginning was used."),
@@ -248,30 +312,37 @@
     return bubble;
   }
 
-  async function search(query) {
+  async function search(query, options = {}) {
     setBusy(true);
     addRow("user", el("div", "bubble bubble-user", query));
     const pending = pendingBubble();
     addRow("bot", pending);
 
-    const params = new URLSearchParams({
-      q: query,
-      k: String(RESULTS_PER_QUERY),
-      candidates: String(CANDIDATES),
+    const remove = Array.isArray(options.remove) ? options.remove : [];
+    const body = {
+      q: remove.length ? "" : query,
+      k: RESULTS_PER_QUERY,
+      candidates: CANDIDATES,
       rerank: rerankSelect.value,
-    });
+      understand: "auto",
+      conversation_id: conversationId,
+      remove,
+    };
     const controller = new AbortController();
     const timer = window.setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
     const started = performance.now();
     let bubble;
     try {
-      const response = await fetch(`${apiBase}/search?${params}`, {
-        headers: { Accept: "application/json" },
+      const response = await fetch(`${apiBase}/search`, {
+        method: "POST",
+        headers: { Accept: "application/json", "Content-Type": "application/json" },
+        body: JSON.stringify(body),
         signal: controller.signal,
       });
       const { json, text } = await readBody(response);
       const clientMs = performance.now() - started;
       if (response.ok && json && typeof json === "object") {
+        if (typeof json.conversation_id === "string") conversationId = json.conversation_id;
         bubble = renderAnswer(query, json, clientMs);
       } else {
         const requestId = (json && json.request_id) || response.headers.get("x-request-id");
@@ -291,7 +362,7 @@
     }
     const stick = isNearBottom();
     pending.replaceWith(bubble);
-    if (bubble.classList.contains("bubble-error") && !input.value) input.value = query;
+    if (bubble.classList.contains("bubble-error") && !input.value && !remove.length) input.value = query;
     if (stick) scrollToBottom();
     setBusy(false);
     const focused = document.activeElement;
@@ -310,6 +381,15 @@
     input.value = "";
     search(query);
   });
+
+  const newTopic = document.getElementById("new-topic");
+  if (newTopic) {
+    newTopic.addEventListener("click", () => {
+      conversationId = null;
+      addRow("bot", el("p", "bubble bubble-bot meta", "New topic: the next message starts a fresh search."));
+      input.focus();
+    });
+  }
 
   for (const button of document.querySelectorAll(".example")) {
     button.addEventListener("click", () => {
