@@ -11,13 +11,17 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from clipsearch.cli_support import EXIT_ERROR
-from clipsearch.errors import ClipsearchError
-from clipsearch.settings import get_settings
+from clipsearch.errors import ClipsearchError, ConfigError
+from clipsearch.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from clipsearch.query import Query
+    from clipsearch.understand.turn import Turn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -121,6 +125,9 @@ def search(
     sort: Annotated[str, typer.Option(help="relevance | newest | most_downloaded.")] = "relevance",
     dedupe: Annotated[bool, typer.Option(help="Collapse near-duplicate photos to the best one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    understand: Annotated[
+        str, typer.Option(help="auto | on | off: let Gemini read the request into terms and filters first.")
+    ] = "off",
 ) -> None:
     """Search the local index artifact built by `dvc repro`: by words, example images, similar photos, with
     things to avoid. The query vector is the normalised weighted sum of the terms' unit vectors."""
@@ -169,6 +176,9 @@ def search(
         )
         engine.image_limits = ImageLimits.from_settings(settings.inputs)
         engine.fetcher = SafeFetcher(FetchPolicy.from_settings(settings.inputs))
+        turn = _understood(settings, request, understand, has_text=bool(query and query.strip()))
+        if turn is not None:
+            request = turn.query  # the understood Query, merged with the explicit options, runs whole
         result = engine.search(request)
         page = result.page
         understood = [t.as_dict() for t in result.understood]
@@ -184,6 +194,7 @@ def search(
                         "page": {k: v for k, v in page.__dict__.items() if k not in ("facets", "understood")},
                         "facets": page.facets,
                         "understood": page.understood,
+                        "understanding": None if turn is None else {**turn.as_dict(), "not_applied": []},
                         "results": [
                             {
                                 "rank": r.rank,
@@ -207,6 +218,11 @@ def search(
         typer.echo(
             f"{shown}  (index {result.index_version}; mode {request.mode}; order {page.order}; re-rank: {status})"
         )
+        if turn is not None:
+            how = "understood" if turn.understood else f"searched as typed ({turn.reason})"
+            typer.echo(f"understood as: {turn.summary}  [{how}]")
+            for note in turn.notes:
+                typer.echo(f"   note: {note}")
         if result.query_truncated:
             typer.echo("note: the query was longer than CLIP's 77-token context and was truncated")
         for r in result.results:
@@ -233,6 +249,35 @@ def _term_label(term: dict[str, object]) -> str:
     body = f'"{value}"' if term["kind"] == "text" else f"{term['kind']}:{value}"
     weight = float(term["weight"])  # type: ignore[arg-type]
     return body if weight == 1 else f"{weight:g}:{body}"
+
+
+def _understood(settings: Settings, request: Query, mode: str, *, has_text: bool) -> Turn | None:
+    """Read QUERY with Gemini (`--understand auto|on`) into the Query to run; None for off or without QUERY.
+    The options given (--image, --like, --not, --filter, --mode, paging, ...) win over what was understood.
+    on without a key is an error."""
+    if mode not in ("auto", "on", "off"):
+        raise typer.BadParameter("must be auto, on or off", param_hint="--understand")
+    if mode == "off" or not has_text:
+        return None
+    from clipsearch.understand.turn import Turns
+    from clipsearch.understand.understander import GeminiUnderstander
+
+    understander = GeminiUnderstander.from_settings(
+        settings.understand, settings.rerank, max_query_chars=settings.service.max_query_chars
+    )
+    if understander is None and mode == "on":
+        raise ConfigError("--understand on needs GEMINI_API_KEY (or rerank.api_key) and understand.enabled=true")
+    turns = Turns(settings, understander, status="no Gemini key: searched as typed")
+    try:
+        return turns.begin(
+            request.terms[0].text,
+            base=request,
+            mode=mode,  # type: ignore[arg-type]
+            explicit_terms=request.terms[1:],
+        )
+    finally:
+        if understander is not None:
+            understander.close()
 
 
 @app.command()

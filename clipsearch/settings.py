@@ -388,6 +388,41 @@ class RerankSettings(Section):
         return tuple(dict.fromkeys((self.model, *self.fallback_models)))
 
 
+class UnderstandSettings(Section):
+    """Query understanding: Gemini reads a sentence into a composed query (clipsearch.understand).
+
+    It uses the re-ranker's client settings (key, base_url, `rerank.models` prices and thinking); its own time
+    budget is added to `rerank.budget_s`, so one request's Gemini time stays within the two together.
+    """
+
+    enabled: bool = Field(True, description="Understand requests when a Gemini key is configured (understand=auto).")
+    model: str | None = Field(
+        None, description="The model that reads requests; null = rerank.model (with rerank.fallback_models)."
+    )
+    budget_s: float = Field(0.8, gt=0, le=10, description="Hard time budget per understanding call, retries included.")
+    max_retries: int = Field(1, ge=0, le=3, description="Retries on 429/5xx only, and only while the budget allows.")
+    cache_size: int = Field(2048, ge=0, description="Understood requests kept in memory, per normalised request.")
+    skip_max_words: int = Field(
+        3, ge=0, le=20, description="A first request of at most this many plain words (no operators) is not sent."
+    )
+    breaker_failures: int = Field(5, ge=1, description="Consecutive failures that open the understanding breaker.")
+    breaker_reset_s: float = Field(30.0, gt=0, description="How long that breaker stays open before one trial call.")
+    max_usd_per_hour: float = Field(
+        5.0, ge=0, description="Spend guard: past this many USD in the last hour, requests go to CLIP as typed."
+    )
+    conversation_secret: str | None = Field(
+        None,
+        repr=False,
+        description="HMAC key that signs conversation state (the same on every replica); unset = a random key per "
+        "process, so a conversation does not survive a restart or a hop to another replica.",
+    )
+    conversation_ttl_s: float = Field(1800.0, gt=0, description="A conversation idle longer than this starts afresh.")
+    conversation_max_age_s: float = Field(
+        8 * 3600.0, gt=0, description="A conversation older than this starts afresh, however busy."
+    )
+    conversation_max_turns: int = Field(30, ge=1, le=1000)
+
+
 class ServiceSettings(Section):
     """The HTTP service: where it caches pulled indexes and how it follows the registry."""
 
@@ -523,6 +558,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
+    understand: UnderstandSettings = Field(default_factory=UnderstandSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     inputs: InputSettings = Field(default_factory=InputSettings)
 

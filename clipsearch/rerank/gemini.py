@@ -317,6 +317,30 @@ def generation_config(
     )
 
 
+def classify_error(exc: Exception, model: str, redact: Callable[[str], str]) -> _Failure:
+    """Map an SDK or transport exception to a fallback reason (and whether a retry may help); shared with
+    query understanding (clipsearch.understand), which talks to the same API."""
+    if isinstance(exc, genai_errors.APIError):
+        code = int(exc.code or 0)
+        what = redact(f"{code} {exc.status or ''}: {exc.message or ''}".strip())
+        if code == 429:
+            return _Failure(QUOTA, f"Gemini quota exhausted ({what})", retryable=True)
+        if code >= 500:
+            return _Failure(OVERLOADED, f"Gemini unavailable ({what})", retryable=True)
+        if code == 404 or (code in (400, 403, 410) and _MODEL_GONE.search(exc.message or "")):
+            return _Failure(MODEL_UNAVAILABLE, f"{model} was not found ({what})")
+        if code in (401, 403):
+            return _Failure(ERROR, f"Gemini refused the API key ({what}): check GEMINI_API_KEY")
+        if code == 408:
+            return _Failure(TIMEOUT, f"Gemini timed out ({what})")
+        return _Failure(ERROR, f"Gemini rejected the request ({what})")
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        return _Failure(TIMEOUT, f"Gemini did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return _Failure(ERROR, redact(f"cannot reach Gemini ({type(exc).__name__}: {exc})"))
+    return _Failure(ERROR, redact(f"Gemini call failed ({type(exc).__name__}: {exc})"))
+
+
 def resolve_api_key(settings: RerankSettings, env: Mapping[str, str] | None = None) -> str | None:
     """The key from settings, else from GEMINI_API_KEY; None when neither holds a non-blank value."""
     env = os.environ if env is None else env
@@ -624,26 +648,7 @@ class GeminiReranker:
             self._slots.release()
 
     def _classify(self, exc: Exception, model: str) -> _Failure:
-        """Map an SDK or transport exception to a fallback reason (and whether a retry may help)."""
-        if isinstance(exc, genai_errors.APIError):
-            code = int(exc.code or 0)
-            what = self._redact(f"{code} {exc.status or ''}: {exc.message or ''}".strip())
-            if code == 429:
-                return _Failure(QUOTA, f"Gemini quota exhausted ({what})", retryable=True)
-            if code >= 500:
-                return _Failure(OVERLOADED, f"Gemini unavailable ({what})", retryable=True)
-            if code == 404 or (code in (400, 403, 410) and _MODEL_GONE.search(exc.message or "")):
-                return _Failure(MODEL_UNAVAILABLE, f"{model} was not found ({what})")
-            if code in (401, 403):
-                return _Failure(ERROR, f"Gemini refused the API key ({what}): check GEMINI_API_KEY")
-            if code == 408:
-                return _Failure(TIMEOUT, f"Gemini timed out ({what})")
-            return _Failure(ERROR, f"Gemini rejected the request ({what})")
-        if isinstance(exc, _TIMEOUT_ERRORS):
-            return _Failure(TIMEOUT, f"Gemini did not answer in time ({type(exc).__name__})")
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            return _Failure(ERROR, self._redact(f"cannot reach Gemini ({type(exc).__name__}: {exc})"))
-        return _Failure(ERROR, self._redact(f"Gemini call failed ({type(exc).__name__}: {exc})"))
+        return classify_error(exc, model, self._redact)
 
     @staticmethod
     def _answer_text(response: genai_types.GenerateContentResponse) -> str:

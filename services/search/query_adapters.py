@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,10 +29,12 @@ from clipsearch.query import (
     QueryError,
     SearchMode,
     SortOrder,
+    Term,
     check_limits,
     scalar_from_text,
 )
 from clipsearch.settings import Settings
+from clipsearch.understand.conversation import MAX_TOKEN_CHARS
 from services.search.schemas import RerankMode, SearchRequest
 
 JSON_TYPES = ("application/json",)
@@ -44,8 +47,21 @@ BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u
 # Form fields of a multipart POST besides image files: the shorthand, the scalars of the query, and `query` (the
 # JSON form as text, where filters and weighted terms go).
 TYPED_FORM_SCALARS = frozenset({"k", "candidates", "offset", "min_score", "dedupe"})
-FORM_SCALARS = ("q", "k", "candidates", "rerank", "mode", "offset", "cursor", "min_score", "sort", "dedupe")
-FORM_LISTS = ("like", "not", "image_url")
+FORM_SCALARS = (
+    "q",
+    "k",
+    "candidates",
+    "rerank",
+    "mode",
+    "offset",
+    "cursor",
+    "min_score",
+    "sort",
+    "dedupe",
+    "understand",
+    "conversation_id",
+)
+FORM_LISTS = ("like", "not", "image_url", "remove")
 
 
 class AdapterError(Exception):
@@ -186,8 +202,41 @@ def _strip_private(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if not k.startswith("_")}
 
 
-def from_body(settings: Settings, body: SearchRequest, files: Mapping[str, bytes] | None = None) -> Query:
-    """The JSON form (and the `query` part of a multipart form, whose terms may name `files`)."""
+@dataclass(frozen=True)
+class Posted:
+    """A POST body read into its Query, with what query understanding needs besides it.
+
+    `explicit_terms`: the request's own terms other than `q` (like, not, image_url, images, terms): understanding
+    reads `q` and keeps these. `conversation_only`: the body gave no term at all, only a `conversation_id` and/or
+    `remove` (a follow-up that takes parts away, or the next page of the conversation's query); `query` then holds
+    a stand-in term that understanding replaces with the conversation's query.
+    """
+
+    body: SearchRequest
+    query: Query
+    explicit_terms: tuple[Term, ...]
+    conversation_only: bool = False
+
+
+CONVERSATION_STAND_IN = {"text": "photo"}
+
+
+def posted_from_body(settings: Settings, body: SearchRequest, files: Mapping[str, bytes] | None = None) -> Posted:
+    """`from_body`, keeping the body and telling the request's own terms from its `q`."""
+    has_terms = body.q is not None or body.like or body.not_ or body.image_url or body.images or body.terms
+    if not has_terms and (body.conversation_id or body.remove):
+        query = from_body(settings, body, files, stand_in=True)
+        return Posted(body, query, (), conversation_only=True)
+    query = from_body(settings, body, files)
+    explicit = query.terms[1:] if body.q is not None else query.terms
+    return Posted(body, query, tuple(explicit))
+
+
+def from_body(
+    settings: Settings, body: SearchRequest, files: Mapping[str, bytes] | None = None, *, stand_in: bool = False
+) -> Query:
+    """The JSON form (and the `query` part of a multipart form, whose terms may name `files`). `stand_in`: a
+    conversation-only body (see `Posted`) gets a placeholder term so the rest of its fields are validated."""
     if body.q is not None and len(body.q) > settings.service.max_query_chars:
         raise AdapterError(
             422, f"q: the query is {len(body.q)} characters; the limit is {settings.service.max_query_chars}"
@@ -202,6 +251,8 @@ def from_body(settings: Settings, body: SearchRequest, files: Mapping[str, bytes
         terms.append(raw)
     for data in body.images:
         terms.append({"image": data})
+    if stand_in and not terms:
+        terms.append(dict(CONVERSATION_STAND_IN))
     k = settings.search.k if body.k is None else body.k
     candidates = settings.search.candidates if body.candidates is None else body.candidates
     check_paging(settings, k, candidates)
@@ -251,7 +302,12 @@ async def _read_limited(request: Request, cap: int) -> bytes:
 
 
 async def from_request(request: Request, settings: Settings) -> Query:
-    """`POST /search`, JSON or multipart by Content-Type."""
+    """`POST /search`, JSON or multipart by Content-Type, as its Query (the request's own fields only)."""
+    return (await read_request(request, settings)).query
+
+
+async def read_request(request: Request, settings: Settings) -> Posted:
+    """`POST /search`, JSON or multipart by Content-Type: the body and its Query (see `Posted`)."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     _check_length(request, settings)
     if content_type == MULTIPART:
@@ -269,10 +325,10 @@ async def from_request(request: Request, settings: Settings) -> Query:
         body = SearchRequest.model_validate(payload)
     except ValidationError as exc:
         raise AdapterError(422, validation_detail(exc)) from None
-    return from_body(settings, body)
+    return posted_from_body(settings, body)
 
 
-async def _from_multipart(request: Request, settings: Settings) -> Query:
+async def _from_multipart(request: Request, settings: Settings) -> Posted:
     cap = settings.inputs.max_image_bytes
     try:
         form = await request.form(max_files=MAX_TERMS, max_fields=MAX_FORM_FIELDS, max_part_size=1024 * 1024)
@@ -319,7 +375,7 @@ async def _from_multipart(request: Request, settings: Settings) -> Query:
     except ValidationError as exc:
         raise AdapterError(422, validation_detail(exc)) from None
     body = body.model_copy(update={"images": [*body.images, *images]})
-    return from_body(settings, body, files)
+    return posted_from_body(settings, body, files)
 
 
 def document_search_body(app: FastAPI) -> None:
@@ -391,6 +447,9 @@ MULTIPART_SCHEMA: dict[str, Any] = {
         "k": {"type": "integer", "examples": [4]},
         "candidates": {"type": "integer", "examples": [10]},
         "rerank": {"type": "string", "enum": ["auto", "on", "off"]},
+        "understand": {"type": "string", "enum": ["auto", "on", "off"]},
+        "conversation_id": {"type": "string", "maxLength": MAX_TOKEN_CHARS},
+        "remove": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
         "query": {
             "type": "string",
             "description": "The JSON form (SearchRequest) as text; a term may name a file part instead of "

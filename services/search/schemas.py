@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from clipsearch.query import Filters, Integer, SearchMode, SortOrder, Term, a_number
+from clipsearch.understand.conversation import MAX_TOKEN_CHARS
 
 RerankMode = Literal["auto", "on", "off"]
+UnderstandMode = Literal["auto", "on", "off"]
 
 
 def _from_base64(value: object) -> object:
@@ -84,6 +86,26 @@ class SearchRequest(BaseModel):
     )
     sort: SortOrder = Field("relevance", description="relevance | newest | most_downloaded.")
     dedupe: StrictBool = Field(False, description="Collapse near-duplicate photos to the best one.")
+    # -- query understanding and conversation (clipsearch.understand) --
+    understand: UnderstandMode = Field(
+        "auto",
+        description="auto: Gemini reads `q` into terms (negative and 'more like' ones too) and filters unless it is a "
+        "few plain words; on: always (409 when unavailable); off: search the text as typed. What the request gives "
+        "explicitly (like, not, images, terms, filters, mode, paging, k, ...) wins over what was understood.",
+    )
+    conversation_id: str | None = Field(
+        None,
+        max_length=MAX_TOKEN_CHARS,
+        description="The `conversation_id` of the previous answer: `q` then refines that query (a follow-up); "
+        "without `q`, the conversation's query is searched again (e.g. with a `cursor` or `remove`). One this "
+        "service did not issue is a 404.",
+    )
+    remove: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Keys of parts of the conversation's query to take away (`understanding.parts[].key`); `q` may "
+        "then be empty.",
+    )
 
 
 class SearchHit(BaseModel):
@@ -175,6 +197,37 @@ class Understood(BaseModel):
     fusion: str | None = Field(None, description="How the lists were fused (hybrid), e.g. rrf(k=60).")
 
 
+class QueryPart(BaseModel):
+    key: str = Field(..., description="Send it in `remove` to take this part away (`terms.1`, `filters.country`).")
+    label: str = Field(..., examples=["Iceland", "2021-", "not: people"])
+    kind: Literal["term", "filter"]
+
+
+class UnderstandingInfo(BaseModel):
+    """How the request was read: the query as understood, part by part, and why Gemini did not read it."""
+
+    requested: UnderstandMode
+    understood: bool = Field(..., description="True when Gemini's reading was used; false: searched as typed.")
+    reason: str | None = Field(
+        None,
+        description="Why not: not_needed (a few plain words), not_requested, disabled, spend_guard, timeout, quota, "
+        "overloaded, blocked, invalid_output, breaker_open, model_unavailable, error.",
+    )
+    detail: str | None = None
+    summary: str = Field(..., examples=["Iceland, 2021-, landscape, not: people"])
+    parts: list[QueryPart]
+    changes: list[str] = Field(default_factory=list, description="What this turn changed: '+ night', '- snow'.")
+    notes: list[str] = Field(default_factory=list, description="What was dropped from Gemini's answer, and why.")
+    not_applied: list[str] = Field(
+        default_factory=list,
+        description="Parts the engine could not apply to the search (empty: the engine answers the whole "
+        "understood query, terms and filters).",
+    )
+    model: str | None = None
+    cached: bool = False
+    conversation: str | None = Field(None, description="Set when a conversation could not be continued, and why.")
+
+
 class SearchResponse(BaseModel):
     query: str = Field(..., description="The positive text terms joined (empty for a query by image only).")
     query_truncated: bool = Field(
@@ -193,6 +246,15 @@ class SearchResponse(BaseModel):
     index_version: str
     stale: bool = Field(..., description="True when the registry was unreachable and a cached version is served.")
     request_id: str
+    understanding: UnderstandingInfo | None = Field(
+        None,
+        description="POST only: how Gemini read `q` (parts to remove by key, changes, notes, fallback reason); "
+        "`understood` above is the resulting query as the engine ran it. Null for GET.",
+    )
+    conversation_id: str | None = Field(
+        None,
+        description="POST only: send it back with the next request to refine this query (opaque, signed, expires).",
+    )
 
 
 class ReadyResponse(BaseModel):

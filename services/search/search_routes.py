@@ -23,10 +23,11 @@ from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.safe_fetch import FetchError
 from clipsearch.settings import ServiceSettings
 from clipsearch.types import SearchResult
+from clipsearch.understand.turn import Turn
 from clipsearch.unsplash import photo_image_url
 from services.search.batching import ClientDisconnected
 from services.search.index_manager import ServingIndex
-from services.search.query_adapters import BLANK_CHARS, AdapterError, from_body, from_get, from_request
+from services.search.query_adapters import BLANK_CHARS, AdapterError, Posted, from_body, from_get, read_request
 from services.search.schemas import (
     ErrorResponse,
     PageResponse,
@@ -35,9 +36,11 @@ from services.search.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    UnderstandMode,
     Understood,
 )
 from services.search.state import ServiceState, ServingDep, StateDep, serving_index
+from services.search.understanding import describe_turn, outcome_label, read_turn
 
 THUMB_PX = 320
 PHOTO_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # clipsearch.images.is_safe_photo_id, stated in the OpenAPI document
@@ -180,13 +183,27 @@ def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | 
     return reason, reason or "disabled"
 
 
-async def _run_search(svc: ServiceState, serving: ServingIndex, request: Request, query: ClipQuery) -> SearchResponse:
-    """Rate limits; decode/fetch query images (off the event loop); then encode + compose + retrieve + page in the
-    micro-batcher (a photo-id-only query on the direct thread); then re-rank page one (network: off the event
-    loop). Every refusal is a 4xx with a reason, counted by query kind."""
+async def _run_search(
+    svc: ServiceState, serving: ServingIndex, request: Request, query: ClipQuery, posted: Posted | None = None
+) -> SearchResponse:
+    """Rate limits; for a POST, query understanding and the conversation (Gemini off the event loop, within its
+    own budget: the understood Query merged with the request's explicit fields); decode/fetch query images (off
+    the event loop); then encode + compose + retrieve + page in the micro-batcher (a photo-id-only query on the
+    direct thread); then re-rank page one (network: off the event loop). Every refusal is a 4xx with a reason,
+    counted by query kind."""
     kind = query_kind(query)
     try:
-        return await _answer(svc, serving, request, query, kind)
+        svc.limiter.check(request, reranked=query.rerank != "off" and svc.rerank_available)
+        understood: tuple[Turn, UnderstandMode, float] | None = None
+        if posted is not None:
+            started = time.perf_counter()
+            turn = await read_turn(
+                svc.turns, posted.body, query, svc.turns.budget(), explicit_terms=posted.explicit_terms
+            )
+            understood = turn, posted.body.understand, (time.perf_counter() - started) * 1000.0
+            query = turn.query
+            kind = query_kind(query)
+        return await _answer(svc, serving, request, query, kind, understood)
     except HTTPException as exc:
         svc.metrics.observe_query(kind, exc.status_code, None)
         raise
@@ -197,9 +214,13 @@ async def _run_search(svc: ServiceState, serving: ServingIndex, request: Request
 
 
 async def _answer(
-    svc: ServiceState, serving: ServingIndex, request: Request, query: ClipQuery, kind: str
+    svc: ServiceState,
+    serving: ServingIndex,
+    request: Request,
+    query: ClipQuery,
+    kind: str,
+    understood: tuple[Turn, UnderstandMode, float] | None = None,
 ) -> SearchResponse:
-    svc.limiter.check(request, reranked=query.rerank != "off" and svc.rerank_available)
     engine = serving.engine
     start = time.perf_counter()
     images: dict[str, QueryImage] = {}
@@ -256,6 +277,14 @@ async def _answer(
             )
         )
     page = result.page
+    understanding, conversation_id = None, None
+    timings = result.timings_ms
+    if understood is not None:
+        turn, requested, understand_ms = understood
+        svc.metrics.observe_understanding(outcome_label(turn), turn.usage)
+        conversation_id, seal_notes = svc.turns.end(turn, [h.photo_id for h in hits])
+        understanding = describe_turn(requested, turn, notes=seal_notes)
+        timings = {"understand": understand_ms, **timings}
     return SearchResponse(
         query=query.text,
         query_truncated=result.query_truncated,
@@ -276,7 +305,7 @@ async def _answer(
             next_cursor=page.next_cursor,
         ),
         facets=page.facets,
-        timings_ms={k: round(v, 3) for k, v in result.timings_ms.items()},
+        timings_ms={k: round(v, 3) for k, v in timings.items()},
         rerank=RerankInfo(
             requested=query.rerank,
             applied=result.rerank_applied,
@@ -287,6 +316,8 @@ async def _answer(
         index_version=serving.index_version,
         stale=svc.index.stale,
         request_id=request.state.request_id,
+        understanding=understanding,
+        conversation_id=conversation_id,
     )
 
 
@@ -307,9 +338,13 @@ def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is par
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {
         "model": ErrorResponse,
-        "description": "The cursor does not point into the served index version's results for this query.",
+        "description": "The cursor does not point into the served index version's results for this query; or "
+        "(POST) the conversation_id is not one this service issued, or names no query to refine or remove from.",
     },
-    409: {"model": ErrorResponse, "description": "rerank=on was asked for and re-ranking is unavailable."},
+    409: {
+        "model": ErrorResponse,
+        "description": "rerank=on (or, POST, understand=on) was asked for and it is unavailable.",
+    },
     429: {
         "model": ErrorResponse,
         "description": "This client's search or re-rank rate limit is reached (service.rate_limit_*).",
@@ -440,12 +475,12 @@ async def search_post(request: Request, svc: StateDep) -> SearchResponse:
     """The body is `SearchRequest` as JSON, or the same fields as a multipart form with image files (`image`);
     see the request body's examples. The answer's `understood` says how each term was read."""
     try:
-        query = await from_request(request, svc.settings)
+        posted = await read_request(request, svc.settings)
     except AdapterError as exc:
         raise HTTPException(exc.status, detail=exc.detail) from None
     # the body is read (and refused when bad) before readiness, as when FastAPI parsed it
     serving = await serving_index(svc)
-    return await _run_search(svc, serving, request, _check_rerank(svc, query))
+    return await _run_search(svc, serving, request, _check_rerank(svc, posted.query), posted)
 
 
 @router.get(

@@ -23,6 +23,7 @@ from services.search.encoders import QueryEncoders
 from services.search.index_manager import IndexManager, ServingIndex
 from services.search.ratelimit import RequestLimiter
 from services.search.telemetry import Metrics
+from services.search.understanding import build_turns
 
 log = logging.getLogger("services.search")
 
@@ -63,6 +64,7 @@ class ServiceState:
         self.fetcher = SafeFetcher(FetchPolicy.from_settings(settings.inputs))
         self.tasks: list[asyncio.Task[None]] = []
         self._drift_reference_of: str | None = None
+        self.turns = build_turns(settings)  # query understanding + conversations (clipsearch.understand)
 
     @property
     def reranker_status(self) -> str:
@@ -136,6 +138,8 @@ class ServiceState:
     async def stop(self) -> None:
         self.batcher.close()
         self.fetcher.close()
+        if self.turns.understander is not None:
+            self.turns.understander.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -80,6 +80,18 @@ class Metrics:
         self.gemini_requests = Counter(
             "clipsearch_gemini_requests", "HTTP calls made to Gemini (retries included).", registry=r
         )
+        self.understand_outcomes = Counter(
+            "clipsearch_understand_outcomes",
+            "Query understanding outcomes: understood, cached, or why the request was searched as typed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.understand_tokens = Counter(
+            "clipsearch_understand_tokens", "Gemini tokens spent reading requests, by kind.", ["kind"], registry=r
+        )
+        self.understand_cost = Counter(
+            "clipsearch_understand_cost_usd", "Estimated Gemini spend on reading requests, in USD.", registry=r
+        )
         self.gemini_quota_rpm = Gauge(
             "clipsearch_gemini_quota_requests_per_minute", "Configured Gemini RPM quota.", registry=r
         )
@@ -181,6 +193,15 @@ class Metrics:
         self.queries.labels(kind=kind, status=str(status)).inc()
         if total_ms is not None:
             self.query_latency.labels(kind=kind).observe(total_ms / 1000.0)
+
+    def observe_understanding(self, outcome: str, usage: Mapping[str, float]) -> None:
+        """One request's understanding: beside re-ranking's tokens and cost, and in the Gemini call count."""
+        self.understand_outcomes.labels(outcome=outcome).inc()
+        if usage and not usage.get("cached"):
+            for kind in ("prompt", "output", "thoughts"):
+                self.understand_tokens.labels(kind=kind).inc(usage.get(f"{kind}_tokens", 0.0))
+            self.understand_cost.inc(usage.get("cost_usd", 0.0))
+            self.gemini_requests.inc(usage.get("attempts", 0.0))
 
     def watch_reranker_models(self, availability: Callable[[], Mapping[str, bool | None]], primary: str) -> None:
         """Export `clipsearch_reranker_model_available{model, role}` from the re-ranker's state at each scrape:

@@ -161,7 +161,10 @@ def drive_chat(
         try:
             page = browser.new_page(viewport=WIDE)
             page.set_default_timeout(TIMEOUT_MS)
-            page.on("request", lambda r: run.search_requests.append(r.url) if "/search?" in r.url else None)
+            page.on(
+                "request",
+                lambda r: run.search_requests.append(r.url) if r.url.split("?")[0].endswith("/search") else None,
+            )
             page.on("console", lambda m: run.console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: run.page_errors.append(str(e)))
 
@@ -208,7 +211,7 @@ def drive_chat(
 
             # A 4xx shows the server's detail in an error bubble.
             page.locator("#query").fill(error_query)
-            with page.expect_response(lambda r: "/search?" in r.url) as response_info:
+            with page.expect_response(lambda r: r.url.split("?")[0].endswith("/search")) as response_info:
                 page.locator("#query").press("Enter")
             response = response_info.value
             assert 400 <= response.status < 500, f"{error_query!r} should be rejected, got HTTP {response.status}"
@@ -325,7 +328,7 @@ def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str)
             # (the stand-in answers after SEARCH_DELAY_S) and keeps what was typed.
             page.reload()
             sent: list[str] = []
-            page.on("request", lambda r: sent.append(r.url) if "/search?" in r.url else None)
+            page.on("request", lambda r: sent.append(r.url) if r.url.split("?")[0].endswith("/search") else None)
             page.get_by_role("button", name="a foggy forest at dawn").click()
             expect(page.locator("#send")).to_be_disabled()
             page.locator("#query").fill("typed while waiting")
@@ -336,7 +339,7 @@ def test_hostile_text_is_shown_as_text_and_503_explains_itself(chat_server: str)
             expect(page.locator("#query")).to_have_value("typed while waiting")
 
             # A network failure (the request never gets an answer) is explained, and the query is kept to retry.
-            page.route("**/search?*", lambda route: route.abort("connectionrefused"))
+            page.route("**/search", lambda route: route.abort("connectionrefused"))
             page.locator("#query").fill("lost in the network")
             page.locator("#query").press("Enter")
             expect(page.locator(".bubble-error").last).to_contain_text("Could not reach the search service.")

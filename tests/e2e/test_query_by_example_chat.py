@@ -108,16 +108,17 @@ def test_upload_not_and_more_like_this_in_the_browser(live_service: LiveService,
             expect(page.locator(".answer").last.locator(".understood")).to_contain_text(f"photo {chosen}")
             page.screenshot(path=str(tmp_path / "chat-more-like-this.png"))
 
-            # Words with a "not" and no image: a shareable GET.
+            # Words with a "not" and no image: the conversation's JSON POST (understanding merges the "not" in).
             page.locator("#not-input").fill("forest")
             page.locator("#not-input").press("Enter")
             page.locator("#query").fill("a snowy mountain")
-            page.locator("#query").press("Enter")
+            with page.expect_request(lambda r: r.url.endswith("/search") and r.method == "POST") as sent:
+                page.locator("#query").press("Enter")
             _wait_for_answer(page, 2)
-            method, url = requests[-1]
-            assert method == "GET"
-            assert "q=a+snowy+mountain" in url
-            assert "not=forest" in url
+            body = sent.value.post_data_json
+            assert body["q"] == "a snowy mountain"
+            assert body["not"] == ["forest"]
+            expect(page.locator(".answer").last.locator(".understood")).to_contain_text("− “forest”")
 
             # Drop and paste attach an image too.
             page.evaluate(_MAKE_IMAGE_AND_DISPATCH_JS, "drop")

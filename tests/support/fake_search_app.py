@@ -32,7 +32,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageDraw
 
-from services.search.schemas import PageResponse, RerankInfo, RerankMode, SearchHit, SearchResponse
+from services.search.schemas import PageResponse, RerankInfo, RerankMode, SearchHit, SearchRequest, SearchResponse
 from services.search.ui import mount_ui
 
 ERROR_QUERY = "!fail"
@@ -274,6 +274,30 @@ async def search(
 @app.get("/last-request")
 def last_request() -> dict[str, object]:
     return dict(LAST_REQUEST)
+
+
+@app.post("/search", response_model=SearchResponse)
+async def search_post(body: SearchRequest) -> SearchResponse | JSONResponse:
+    """The chat page's words (POST since conversations): the same answers as GET. The stand-in's conversation_id
+    carries the words, so a page of the conversation (no `q`, a cursor) searches them again."""
+    q = body.q
+    if q is None and body.conversation_id and body.conversation_id.startswith("fake:"):
+        q = body.conversation_id.removeprefix("fake:")
+    f = body.filters
+    answer = await search(
+        q=q or " ",
+        k=body.k or 4,
+        candidates=body.candidates or 10,
+        rerank=body.rerank,
+        orientation=list(f.orientation or []),
+        color=list(f.colors or []),
+        submitted_from=f.submitted_from.isoformat() if f.submitted_from else None,
+        min_score=body.min_score,
+        cursor=body.cursor,
+    )
+    if isinstance(answer, SearchResponse):
+        answer.conversation_id = f"fake:{(q or '').strip()}"
+    return answer
 
 
 @app.get("/images/{photo_id}")

@@ -3,6 +3,11 @@
 // A query is words, and optionally an example image (picked, dropped or pasted: POST /search as multipart), things
 // to leave out ("not …": negative terms) and "More like this" on any result (GET /search?like=<photo_id>).
 //
+// Words are a conversation (POST /search as JSON): each answer carries a `conversation_id` (signed state of the
+// query so far) that the next message sends back, so "only at night" refines the last query. The query as
+// understood (Gemini's reading, merged with the filters and "not" terms chosen here, which win) is shown as chips;
+// removing one sends `remove: [key]` for the same conversation (no new typing, no Gemini call).
+//
 // Everything the server sends (descriptions, reasons, photographer names, error details) is untrusted: it only
 // ever reaches the DOM through textContent or setAttribute, never through an HTML parser. Image URLs must be http(s); anything
 // else (javascript:, data:) is refused and shown as a placeholder.
@@ -28,6 +33,19 @@
     sorted: "sorted, not re-ranked",
   };
 
+  const UNDERSTAND_TEXT = {
+    disabled: "understanding is off (no Gemini key)",
+    spend_guard: "understanding paused: spend limit reached",
+    timeout: "understanding timed out",
+    quota: "understanding quota exhausted",
+    overloaded: "understanding model overloaded",
+    blocked: "understanding refused the request",
+    invalid_output: "understanding gave an unusable answer",
+    breaker_open: "understanding paused after repeated failures",
+    model_unavailable: "understanding model not found",
+    error: "understanding error",
+  };
+
   const apiBase = document.body.dataset.apiBase || "";
   const log = document.getElementById("log");
   const form = document.getElementById("composer");
@@ -50,6 +68,7 @@
   let lastSpec = null; // the last search, re-run when a filter changes
   // What the next search adds to its words: one example image and things to leave out.
   const pending = { image: null, nots: [] };
+  let conversationId = null; // the last answer's conversation_id: follow-ups refine its query
 
   /** Create an element with an optional class and plain-text content (never parsed as HTML). */
   function el(tag, className, text) {
@@ -228,18 +247,17 @@
     }
   }
 
-  /** "Show more": fetch the next page with the answer's cursor and append it to the same grid. */
-  function moreButton(query, params, page, bubble) {
+  /** "Show more": fetch the next page with the answer's cursor and append it to the same grid. `nextPage(cursor)`
+   * gives the request ({ url, init }) for the page after `cursor`. */
+  function moreButton(nextPage, page, bubble) {
     const button = el("button", "more", "Show more");
     button.type = "button";
     let cursor = page.next_cursor;
     button.addEventListener("click", async () => {
       button.disabled = true;
       try {
-        const next = new URLSearchParams(params);
-        next.set("cursor", cursor);
-        next.set("rerank", "off");
-        const response = await fetch(`${apiBase}/search?${next}`, { headers: { Accept: "application/json" } });
+        const next = nextPage(cursor);
+        const response = await fetch(next.url, { ...next.init, headers: { Accept: "application/json", ...next.headers } });
         const { json } = await readBody(response);
         if (!response.ok || !json || !Array.isArray(json.results)) {
           button.replaceWith(el("p", "notice", `Could not load more (HTTP ${response.status}).`));
@@ -277,12 +295,58 @@
     return `Searched for: ${parts.join(" ")}`;
   }
 
+  /** The query as understood: one chip per part, each removable; what changed; why it was searched as typed. */
+  function renderUnderstanding(u) {
+    const box = el("div", "understanding");
+    if (!u || typeof u !== "object") return box;
+    const parts = Array.isArray(u.parts) ? u.parts : [];
+    const list = el("ul", "chips");
+    list.setAttribute("aria-label", "Query as understood");
+    const removable = parts.length > 1;
+    for (const part of parts) {
+      if (!part || typeof part.key !== "string") continue;
+      const label = String(part.label ?? "");
+      const chip = el("li", `chip chip-${part.kind === "filter" ? "filter" : "term"}`);
+      chip.dataset.key = part.key;
+      chip.appendChild(el("span", "chip-label", label));
+      if (removable) {
+        const x = el("button", "chip-remove", "×");
+        x.type = "button";
+        x.setAttribute("aria-label", `Remove “${label}”`);
+        x.title = `Remove “${label}” and search again`;
+        x.addEventListener("click", () => {
+          if (!inFlight) search({ label: `without “${label}”`, remove: [part.key], nots: [] });
+        });
+        chip.appendChild(x);
+      }
+      list.appendChild(chip);
+    }
+    box.appendChild(list);
+    const notes = [];
+    if (Array.isArray(u.changes) && u.changes.length) notes.push(`changed: ${u.changes.join(", ")}`);
+    const why = u.understood ? null : UNDERSTAND_TEXT[u.reason];
+    if (why) notes.push(`searched as typed: ${why}`);
+    if (Array.isArray(u.not_applied) && u.not_applied.length) {
+      notes.push(`not applied: ${u.not_applied.join(", ")}`);
+    }
+    if (u.conversation) notes.push(String(u.conversation));
+    if (notes.length) {
+      const line = el("p", "understood-note", notes.join(" · "));
+      if (u.detail) line.title = String(u.detail);
+      box.appendChild(line);
+    }
+    box.dataset.understood = u.understood ? "true" : "false";
+    if (u.reason) box.dataset.reason = String(u.reason);
+    return box;
+  }
+
   /** The answer bubble for a successful SearchResponse. */
-  function renderAnswer(query, data, clientMs, params) {
+  function renderAnswer(query, data, clientMs, nextPage) {
     const bubble = el("article", "bubble bubble-bot answer");
     bubble.setAttribute("aria-label", `Results for “${query}”`);
     const results = Array.isArray(data.results) ? data.results : [];
 
+    if (data.understanding) bubble.appendChild(renderUnderstanding(data.understanding));
     if (data.query_truncated) {
       bubble.appendChild(
         el("p", "notice", "Your description was longer than the model reads; only its beginning was used."),
@@ -327,8 +391,8 @@
     bubble.appendChild(meta);
     const info = pageText(page, results.length);
     if (info) bubble.appendChild(el("p", "meta page-info", info));
-    if (params && page && typeof page.next_cursor === "string" && page.next_cursor) {
-      bubble.appendChild(moreButton(query, params, page, bubble));
+    if (nextPage && page && typeof page.next_cursor === "string" && page.next_cursor) {
+      bubble.appendChild(moreButton(nextPage, page, bubble));
     }
     updateColorChips(data.facets);
     return bubble;
@@ -387,7 +451,7 @@
 
   /** The user's bubble: their words, the example image (a local preview), "more like" and "not" terms. */
   function userBubble(spec) {
-    const bubble = el("div", "bubble bubble-user", spec.text || null);
+    const bubble = el("div", "bubble bubble-user", spec.text || spec.label || null);
     if (spec.like) {
       const like = el("span", "term term-like", "More like this");
       const thumb = safeHttpUrl(spec.like.thumb);
@@ -412,37 +476,74 @@
     return bubble;
   }
 
-  /** GET for words, photo ids and "not" (a link that can be shared); POST multipart when an image is attached. */
+  /** The filters chosen on the page as a JSON `filters` object (for POST bodies). */
+  function chosenFilters() {
+    const filters = {};
+    if (chosen.orientation.size) filters.orientation = [...chosen.orientation];
+    if (chosen.color.size) filters.colors = [...chosen.color];
+    if (sinceInput.value) filters.submitted_from = sinceInput.value;
+    return filters;
+  }
+
+  /** POST multipart when an image is attached; GET for "more like this" (a link that can be shared); POST JSON for
+   * words (and chip removals): the conversation, understood by the server (`understand: auto`). */
   function buildRequest(spec) {
-    // the filters apply to every kind of query: GET parameters, or the multipart form's `query` part
+    // the filters apply to every kind of query: GET parameters, the multipart form's `query` part, the JSON body
     const filtered = searchParams(null, null);
+    const filters = chosenFilters();
     if (spec.image) {
       const body = new FormData();
       if (spec.text) body.append("q", spec.text);
       body.append("image", spec.image, spec.image.name || "pasted-image");
       for (const not of spec.nots || []) body.append("not", not);
-      const filters = {};
-      if (chosen.orientation.size) filters.orientation = [...chosen.orientation];
-      if (chosen.color.size) filters.colors = [...chosen.color];
-      if (sinceInput.value) filters.submitted_from = sinceInput.value;
       if (Object.keys(filters).length) body.append("query", JSON.stringify({ filters }));
       for (const key of ["k", "candidates", "rerank", "min_score"]) {
         if (filtered.has(key)) body.append(key, filtered.get(key));
       }
       // an uploaded image cannot ride in a link: no "show more" cursor request for it
-      return { url: `${apiBase}/search`, init: { method: "POST", body }, params: null };
+      return { url: `${apiBase}/search`, init: { method: "POST", body }, nextPage: null, conversational: false };
     }
-    const params = new URLSearchParams();
-    if (spec.text) params.append("q", spec.text);
-    if (spec.like) params.append("like", spec.like.id);
-    for (const not of spec.nots || []) params.append("not", not);
-    for (const [key, value] of filtered) params.append(key, value);
-    return { url: `${apiBase}/search?${params}`, init: { method: "GET" }, params };
+    if (spec.like) {
+      const params = new URLSearchParams();
+      params.append("like", spec.like.id);
+      for (const not of spec.nots || []) params.append("not", not);
+      for (const [key, value] of filtered) params.append(key, value);
+      const nextPage = (cursor) => {
+        const next = new URLSearchParams(params);
+        next.set("cursor", cursor);
+        next.set("rerank", "off");
+        return { url: `${apiBase}/search?${next}`, init: { method: "GET" } };
+      };
+      return { url: `${apiBase}/search?${params}`, init: { method: "GET" }, nextPage, conversational: false };
+    }
+    const shared = { k: RESULTS_PER_QUERY, candidates: CANDIDATES, filters };
+    const minScore = Number(minScoreInput.value);
+    if (minScore > 0) shared.min_score = Number(minScore.toFixed(2));
+    const body = { ...shared, rerank: rerankSelect.value, understand: "auto" };
+    if (spec.text) body.q = spec.text;
+    if (spec.nots && spec.nots.length) body.not = spec.nots;
+    if (spec.remove && spec.remove.length) body.remove = spec.remove;
+    if (spec.conversation) body.conversation_id = spec.conversation;
+    const json = (payload) => ({
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(payload),
+    });
+    // the next page of an answer: the same conversation's query (no `q`: nothing new to understand) with a cursor
+    const nextPage = (cursor, answerConversation) => ({
+      url: `${apiBase}/search`,
+      init: json({ ...shared, rerank: "off", conversation_id: answerConversation, cursor }),
+      headers: { "Content-Type": "application/json" },
+    });
+    return { url: `${apiBase}/search`, init: json(body), nextPage, conversational: true };
   }
 
   async function search(spec) {
     const query = spec.text || "";
-    const label = query || (spec.like ? "more like this" : spec.image ? "your image" : "");
+    const label = query || spec.label || (spec.like ? "more like this" : spec.image ? "your image" : "");
+    // a words search joins the conversation as it stood when it was first sent (a re-run for a changed filter
+    // redoes that turn, it does not refine itself)
+    if (!spec.image && !spec.like && spec.conversation === undefined) spec.conversation = conversationId;
     setBusy(true);
     addRow("user", userBubble(spec));
     const waiting = pendingBubble();
@@ -457,13 +558,21 @@
     try {
       const response = await fetch(request.url, {
         ...request.init,
-        headers: { Accept: "application/json" },
+        headers: { Accept: "application/json", ...(request.init.headers || {}) },
         signal: controller.signal,
       });
       const { json, text } = await readBody(response);
       const clientMs = performance.now() - started;
       if (response.ok && json && typeof json === "object") {
-        bubble = renderAnswer(label, json, clientMs, request.params);
+        let nextPage = null;
+        if (request.conversational) {
+          if (typeof json.conversation_id === "string") conversationId = json.conversation_id;
+          const answerConversation = json.conversation_id;
+          nextPage = (cursor) => request.nextPage(cursor, answerConversation);
+        } else if (request.nextPage) {
+          nextPage = request.nextPage;
+        }
+        bubble = renderAnswer(label, json, clientMs, nextPage);
       } else {
         const requestId = (json && json.request_id) || response.headers.get("x-request-id");
         const detail = json ? detailText(json.detail) : text.slice(0, 300);
@@ -482,7 +591,7 @@
     }
     const stick = isNearBottom();
     waiting.replaceWith(bubble);
-    if (bubble.classList.contains("bubble-error") && !input.value) input.value = query;
+    if (bubble.classList.contains("bubble-error") && !input.value && !spec.remove) input.value = query;
     if (stick) scrollToBottom();
     setBusy(false);
     const focused = document.activeElement;
@@ -604,6 +713,16 @@
     minScoreValue.textContent = value > 0 ? value.toFixed(2) : "off";
   });
   minScoreInput.addEventListener("change", filtersChanged);
+
+
+  const newTopic = document.getElementById("new-topic");
+  if (newTopic) {
+    newTopic.addEventListener("click", () => {
+      conversationId = null;
+      addRow("bot", el("p", "bubble bubble-bot meta", "New topic: the next message starts a fresh search."));
+      input.focus();
+    });
+  }
 
   for (const button of document.querySelectorAll(".example")) {
     button.addEventListener("click", () => {
