@@ -166,6 +166,8 @@ class Turns:
             previous = remove_parts(previous, remove)
         if not text:
             if previous is None:
+                if explicit:  # images, photos or "not" terms of its own and no words to read: as given
+                    return self._checked(Turn(base, conv, None, None, notes, conv_note, None))
                 if conversation_id:
                     raise ConversationError(
                         "conversation_id: this conversation has no query to refine (it expired or could not be "

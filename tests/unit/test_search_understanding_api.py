@@ -291,3 +291,15 @@ def test_explicit_request_fields_win_over_understood_ones(client: TestClient, ge
     ]
     assert {PHOTOS[h["photo_id"]]["orientation"] for h in body["results"]} == {"portrait"}
     assert liked not in [h["photo_id"] for h in body["results"]]
+
+
+def test_a_request_without_words_is_searched_as_given(client: TestClient, gemini_standin: GeminiStandin) -> None:
+    """Only `like` and `not` (or images): nothing to read, no conversation needed; the request runs as given."""
+    r = post(client, like=[PHOTO_IDS[3]], k=4, rerank="off", **{"not": ["people"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["understanding"]["reason"] == "not_requested"
+    assert body["understood"]["kind"] == "composed"
+    assert PHOTO_IDS[3] not in [h["photo_id"] for h in body["results"]]
+    assert body["conversation_id"].startswith("cv1.")
+    assert gemini_standin.request_count == 0
