@@ -115,7 +115,7 @@ def test_upload_not_and_more_like_this_in_the_browser(live_service: LiveService,
             with page.expect_request(lambda r: r.url.endswith("/search") and r.method == "POST") as sent:
                 page.locator("#query").press("Enter")
             _wait_for_answer(page, 2)
-            body = sent.value.post_data_json
+            body = sent.value.post_data_json or {}
             assert body["q"] == "a snowy mountain"
             assert body["not"] == ["forest"]
             expect(page.locator(".answer").last.locator(".understood")).to_contain_text("− “forest”")
