@@ -77,6 +77,15 @@ class CursorError(QueryError):
     """A `cursor` that does not point into this index version's results for this query (the API answers 404:
     the page it names is not there; the client starts again without it)."""
 
+    status = 404
+
+
+class UnknownPhotoError(QueryError):
+    """A photo id term ("more like this") that the served index does not hold: the API answers 404, as
+    `/images/{photo_id}` does for the same id."""
+
+    status = 404
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -395,7 +395,8 @@ MULTIPART_SCHEMA: dict[str, Any] = {
             "type": "string",
             "description": "The JSON form (SearchRequest) as text; a term may name a file part instead of "
             'inlining it: {"file": "photo", "weight": 2}.',
-            "examples": ['{"terms": [{"file": "photo", "weight": 2}, {"text": "people", "weight": -1}]}'],
+            # no file reference in the example: a client sending the example alone has no part named "photo"
+            "examples": ['{"terms": [{"text": "snow", "weight": 2}, {"text": "people", "weight": -1}]}'],
         },
     },
 }
