@@ -44,6 +44,8 @@ BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u
 # Form fields of a multipart POST besides image files: the shorthand, the scalars of the query, and `query` (the
 # JSON form as text, where filters and weighted terms go).
 TYPED_FORM_SCALARS = frozenset({"k", "candidates", "offset", "min_score", "dedupe"})
+# A real 1x1 PNG, so the documented example is a request the service can answer (a placeholder would not decode).
+PNG_1PX_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 FORM_SCALARS = ("q", "k", "candidates", "rerank", "mode", "offset", "cursor", "min_score", "sort", "dedupe")
 FORM_LISTS = ("like", "not", "image_url")
 
@@ -250,6 +252,21 @@ async def _read_limited(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def _plain_text(name: str, value: str) -> None:
+    """A form's text field holding a JSON object or array is a client sending structure where text goes: say so
+    (structured terms belong in the `query` part) rather than search for the literal braces."""
+    text = value.strip()
+    if text[:1] in ("{", "["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(parsed, dict | list):
+            raise AdapterError(
+                422, f"{name}: plain text expected, got JSON; send structured terms in the form's `query` part"
+            )
+
+
 async def from_request(request: Request, settings: Settings) -> Query:
     """`POST /search`, JSON or multipart by Content-Type."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -313,6 +330,8 @@ async def _from_multipart(request: Request, settings: Settings) -> Query:
             payload[name] = scalar_from_text(value) if name in TYPED_FORM_SCALARS else value
     for name in FORM_LISTS:
         if name in fields:
+            for value in fields[name]:
+                _plain_text(name, value)
             payload[name] = [*payload.get(name, []), *fields[name]]
     try:
         body = SearchRequest.model_validate(payload)
@@ -369,7 +388,7 @@ SEARCH_EXAMPLES: dict[str, Any] = {
             ]
         },
     },
-    "image": {"summary": "An example image (base64)", "value": {"terms": [{"image": "<base64 of a JPEG>"}]}},
+    "image": {"summary": "An example image (base64)", "value": {"terms": [{"image": PNG_1PX_BASE64}]}},
     "image_url": {
         "summary": "An image by URL",
         "value": {"terms": [{"image_url": "https://images.unsplash.com/photo-1?w=400", "weight": 1}]},
