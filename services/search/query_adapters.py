@@ -404,16 +404,15 @@ MULTIPART_SCHEMA: dict[str, Any] = {
             "description": "Example image file(s): JPEG, PNG, WebP or GIF (first frame); weight 1 each.",
         },
         "q": {"type": "string", "description": "Words to look for (weight 1).", "examples": ["snow"]},
-        "like": {"type": "array", "items": {"type": "string"}, "description": "Photo ids ('more like this')."},
-        "not": {"type": "array", "items": {"type": "string"}, "description": "Things to avoid (weight -1)."},
-        "image_url": {"type": "array", "items": {"type": "string"}, "description": "Example image URLs."},
         "k": {"type": "integer", "examples": [4]},
         "candidates": {"type": "integer", "examples": [10]},
         "rerank": {"type": "string", "enum": ["auto", "on", "off"]},
         "query": {
             "type": "string",
             "description": "The JSON form (SearchRequest) as text; a term may name a file part instead of "
-            'inlining it: {"file": "photo", "weight": 2}.',
+            'inlining it: {"file": "photo", "weight": 2}. Repeatable text fields `like`, `not` and `image_url` '
+            "are also read from the form (each repetition one value); they are described here rather than as "
+            "array properties because a form cannot tell one value from a one-item list.",
             # no file reference in the example: a client sending the example alone has no part named "photo"
             "examples": ['{"terms": [{"text": "snow", "weight": 2}, {"text": "people", "weight": -1}]}'],
         },
