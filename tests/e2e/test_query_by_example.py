@@ -229,7 +229,7 @@ def test_metrics_by_query_kind(live_service: LiveService) -> None:
     for needle in (
         'clipsearch_queries_total{kind="photo_id",status="200"}',
         'clipsearch_queries_total{kind="image",status="200"}',
-        'clipsearch_queries_total{kind="photo_id",status="422"}',
+        'clipsearch_queries_total{kind="photo_id",status="404"}',
         'clipsearch_queries_total{kind="text",status="200"}',
         'clipsearch_query_latency_seconds_count{kind="image"}',
         'clipsearch_stage_latency_seconds_count{stage="image_encode"}',
