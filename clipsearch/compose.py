@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipsearch.image_input import ImageInputError, ImageLimits, QueryImage, load_query_image
-from clipsearch.query import Query, QueryError, Term
+from clipsearch.query import Query, QueryError, Term, UnknownPhotoError
 from clipsearch.safe_fetch import FetchError, SafeFetcher
 
 if TYPE_CHECKING:
@@ -193,7 +193,9 @@ def compose(
             try:
                 vector = artifact.vector_of(term.photo_id)
             except KeyError:
-                raise QueryError(f"terms[{i}].photo_id: photo {term.photo_id} is not in the served index") from None
+                raise UnknownPhotoError(
+                    f"terms[{i}].photo_id: photo {term.photo_id} is not in the served index"
+                ) from None
             exclude.append(term.photo_id)
         else:
             try:

@@ -77,6 +77,15 @@ class CursorError(QueryError):
     """A `cursor` that does not point into this index version's results for this query (the API answers 404:
     the page it names is not there; the client starts again without it)."""
 
+    status = 404
+
+
+class UnknownPhotoError(QueryError):
+    """A photo id term ("more like this") that the served index does not hold: the API answers 404, as
+    `/images/{photo_id}` does for the same id."""
+
+    status = 404
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,18 +99,15 @@ class Term(_Strict):
         None,
         description="An example image (JPEG, PNG, WebP or GIF's first frame; at most inputs.max_image_bytes and "
         "inputs.max_image_pixels); base64 in JSON, a file part in multipart.",
-        examples=["<base64 of a JPEG>"],
     )
     image_url: str | None = Field(
         None,
         description="An example image fetched from an http(s) URL (public addresses only, timeouts, byte cap).",
-        examples=["https://images.unsplash.com/photo-1500530855697-b586d89ba3ee?w=400"],
     )
     photo_id: str | None = Field(
         None,
         description="A photo of the served index ('more like this'); its stored vector is used and the photo "
         "itself is left out of the results.",
-        examples=["Xy3kP0aZ9bQ"],
     )
     weight: Number = Field(
         1.0,

@@ -122,7 +122,9 @@ class QueryBatcher:
         if hit is None or hit[0] is not engine:
             return None
         # `finish` writes the page's order and cursor into its info: each answer gets its own copy
-        prepared = replace(hit[1], info=copy.deepcopy(hit[1].info), timings_ms={"queue": 0.0, "encode": 0.0})
+        # every stage the first answer reported, at 0 ms: nothing was queued, encoded or searched this time
+        stages = {"queue": 0.0, "encode": 0.0, **dict.fromkeys(hit[1].timings_ms, 0.0)}
+        prepared = replace(hit[1], info=copy.deepcopy(hit[1].info), timings_ms=stages)
         return Retrieved(
             encoded=prepared.encoded, prepared=prepared, timings_ms=prepared.timings_ms, cached=True, batch_size=0
         )

@@ -47,6 +47,8 @@ BLANK_CHARS = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u
 # Form fields of a multipart POST besides image files: the shorthand, the scalars of the query, and `query` (the
 # JSON form as text, where filters and weighted terms go).
 TYPED_FORM_SCALARS = frozenset({"k", "candidates", "offset", "min_score", "dedupe"})
+# A real 1x1 PNG, so the documented example is a request the service can answer (a placeholder would not decode).
+PNG_1PX_BASE64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 FORM_SCALARS = (
     "q",
     "k",
@@ -301,6 +303,21 @@ async def _read_limited(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+def _plain_text(name: str, value: str) -> None:
+    """A form's text field holding a JSON object or array is a client sending structure where text goes: say so
+    (structured terms belong in the `query` part) rather than search for the literal braces."""
+    text = value.strip()
+    if text[:1] in ("{", "["):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(parsed, dict | list):
+            raise AdapterError(
+                422, f"{name}: plain text expected, got JSON; send structured terms in the form's `query` part"
+            )
+
+
 async def from_request(request: Request, settings: Settings) -> Query:
     """`POST /search`, JSON or multipart by Content-Type, as its Query (the request's own fields only)."""
     return (await read_request(request, settings)).query
@@ -369,6 +386,8 @@ async def _from_multipart(request: Request, settings: Settings) -> Posted:
             payload[name] = scalar_from_text(value) if name in TYPED_FORM_SCALARS else value
     for name in FORM_LISTS:
         if name in fields:
+            for value in fields[name]:
+                _plain_text(name, value)
             payload[name] = [*payload.get(name, []), *fields[name]]
     try:
         body = SearchRequest.model_validate(payload)
@@ -425,7 +444,7 @@ SEARCH_EXAMPLES: dict[str, Any] = {
             ]
         },
     },
-    "image": {"summary": "An example image (base64)", "value": {"terms": [{"image": "<base64 of a JPEG>"}]}},
+    "image": {"summary": "An example image (base64)", "value": {"terms": [{"image": PNG_1PX_BASE64}]}},
     "image_url": {
         "summary": "An image by URL",
         "value": {"terms": [{"image_url": "https://images.unsplash.com/photo-1?w=400", "weight": 1}]},
@@ -441,20 +460,19 @@ MULTIPART_SCHEMA: dict[str, Any] = {
             "description": "Example image file(s): JPEG, PNG, WebP or GIF (first frame); weight 1 each.",
         },
         "q": {"type": "string", "description": "Words to look for (weight 1).", "examples": ["snow"]},
-        "like": {"type": "array", "items": {"type": "string"}, "description": "Photo ids ('more like this')."},
-        "not": {"type": "array", "items": {"type": "string"}, "description": "Things to avoid (weight -1)."},
-        "image_url": {"type": "array", "items": {"type": "string"}, "description": "Example image URLs."},
         "k": {"type": "integer", "examples": [4]},
         "candidates": {"type": "integer", "examples": [10]},
         "rerank": {"type": "string", "enum": ["auto", "on", "off"]},
         "understand": {"type": "string", "enum": ["auto", "on", "off"]},
         "conversation_id": {"type": "string", "maxLength": MAX_TOKEN_CHARS},
-        "remove": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
         "query": {
             "type": "string",
             "description": "The JSON form (SearchRequest) as text; a term may name a file part instead of "
-            'inlining it: {"file": "photo", "weight": 2}.',
-            "examples": ['{"terms": [{"file": "photo", "weight": 2}, {"text": "people", "weight": -1}]}'],
+            'inlining it: {"file": "photo", "weight": 2}. Repeatable text fields `like`, `not`, `image_url` and '
+            "`remove` (parts of the conversation's query to drop, at most 16) are also read from the form (each repetition one value); they are described here rather than as "
+            "array properties because a form cannot tell one value from a one-item list.",
+            # no file reference in the example: a client sending the example alone has no part named "photo"
+            "examples": ['{"terms": [{"text": "snow", "weight": 2}, {"text": "people", "weight": -1}]}'],
         },
     },
 }

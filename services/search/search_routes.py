@@ -131,6 +131,8 @@ def _constrain(node: dict[str, Any], **bounds: object) -> None:
     for branch in branches:
         if branch.get("type") in ("integer", "string"):
             branch.update(bounds)
+        elif branch.get("type") == "array" and isinstance(branch.get("items"), dict):
+            branch["items"].update(bounds)  # a repeatable parameter: each value
 
 
 def document_limits(openapi: dict[str, Any], limits: ServiceSettings, max_results: int) -> None:
@@ -142,15 +144,21 @@ def document_limits(openapi: dict[str, Any], limits: ServiceSettings, max_result
         "candidates": {"minimum": 1, "maximum": limits.max_candidates},
         "offset": {"minimum": 0, "maximum": max(0, max_results - limits.max_k)},
         "near": {"pattern": NEAR_PATTERN},
+        # repeatable: each `not` is a text like q (at least one non-blank character), each `like` a photo id
+        "not": {"minLength": 1, "maxLength": limits.max_query_chars, "pattern": QUERY_PATTERN},
+        "like": {"pattern": PHOTO_ID_PATTERN},
     }
     get = openapi.get("paths", {}).get("/search", {}).get("get", {})
     for param in get.get("parameters", []):
         if param.get("name") in bounds:
             _constrain(param["schema"], **bounds[param["name"]])
     body = openapi.get("components", {}).get("schemas", {}).get("SearchRequest", {})
-    for name, prop in body.get("properties", {}).items():
-        if name in bounds:
-            _constrain(prop, **bounds[name])
+    post = openapi.get("paths", {}).get("/search", {}).get("post", {})
+    form = post.get("requestBody", {}).get("content", {}).get("multipart/form-data", {}).get("schema", {})
+    for schema in (body, form):  # the JSON body and the multipart form share the field rules
+        for name, prop in schema.get("properties", {}).items():
+            if name in bounds:
+                _constrain(prop, **bounds[name])
 
 
 def _near(value: str) -> dict[str, float]:
@@ -338,8 +346,9 @@ def _thumbnail(path: str, mtime: float) -> bytes:  # noqa: ARG001 - mtime is par
 SEARCH_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {
         "model": ErrorResponse,
-        "description": "The cursor does not point into the served index version's results for this query; or "
-        "(POST) the conversation_id is not one this service issued, or names no query to refine or remove from.",
+        "description": "The cursor does not point into the served index version's results for this query; a "
+        "`like` / photo_id term names a photo the served index does not hold; or (POST) the conversation_id is "
+        "not one this service issued, or names no query to refine or remove from.",
     },
     409: {
         "model": ErrorResponse,

@@ -176,7 +176,7 @@ def test_rerank_sees_the_query_image_and_what_to_avoid(live_service: LiveService
         ({"json": {"image_url": ["http://10.1.2.3/a.jpg"]}}, 422, "private"),
         ({"json": {"image_url": ["http://127.0.0.2:1/a.jpg"]}}, 422, "loopback"),  # only 127.0.0.1 is allowed
         ({"json": {"image_url": ["file:///etc/passwd"]}}, 422, "http(s)"),
-        ({"json": {"like": ["notInTheIndex"]}}, 422, "not in the served index"),
+        ({"json": {"like": ["notInTheIndex"]}}, 404, "not in the served index"),
         ({"json": {"terms": [{"text": "snow", "weight": -1}]}}, 422, "positive weight"),
         ({"json": {"terms": [{"text": "snow", "weight": 2}, {"text": "snow", "weight": -2}]}}, 422, "cancel out"),
         ({"json": {"terms": [{"text": "snow"}, {"like": "x"}]}}, 422, "terms.1"),
@@ -229,7 +229,7 @@ def test_metrics_by_query_kind(live_service: LiveService) -> None:
     for needle in (
         'clipsearch_queries_total{kind="photo_id",status="200"}',
         'clipsearch_queries_total{kind="image",status="200"}',
-        'clipsearch_queries_total{kind="photo_id",status="422"}',
+        'clipsearch_queries_total{kind="photo_id",status="404"}',
         'clipsearch_queries_total{kind="text",status="200"}',
         'clipsearch_query_latency_seconds_count{kind="image"}',
         'clipsearch_stage_latency_seconds_count{stage="image_encode"}',
