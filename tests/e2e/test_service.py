@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,7 +44,8 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> Non
 
 
 def register_variant(service: LiveService, tmp: Path, *, kind: str = "hnsw", corrupt: bool = False) -> str:
-    """Register a new version built from the champion's artifact (another index kind), optionally corrupted."""
+    """Register a new version built from the champion's artifact (another index kind, everything else the same),
+    optionally corrupted."""
     client = client_for(service)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     source = load_artifact(service.repo.root / "data" / "index")
@@ -57,6 +59,10 @@ def register_variant(service: LiveService, tmp: Path, *, kind: str = "hnsw", cor
         IndexSettings(kind=kind, hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=64),
         source.manifest.dataset_version,
         reference_queries=source.reference_queries,
+        # the same colour data and keyword index: later tests on the shared live service filter and search by
+        # keyword, whichever version these tests leave as champion
+        colors=source.colors,
+        keyword_index=source.keyword_index,
     )
     if corrupt:
         vectors = out / "vectors.npy"
@@ -71,6 +77,17 @@ def register_variant(service: LiveService, tmp: Path, *, kind: str = "hnsw", cor
 
 def set_champion(service: LiveService, version: str) -> None:
     client_for(service).set_registered_model_alias(MODEL, "champion", version)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_champion(live_service: LiveService) -> Iterator[None]:
+    """These tests promote variants (another index kind, a corrupt copy) on the shared live service; put the
+    pipeline's champion back afterwards, so a test file that runs later sees the artifact the pipeline built."""
+    champion = client_for(live_service).get_model_version_by_alias(MODEL, "champion").version
+    served = ready(live_service)["index_version"]
+    yield
+    set_champion(live_service, str(champion))
+    wait_for(lambda: ready(live_service)["index_version"] == served, 60.0, f"champion {champion} served again")
 
 
 def test_ready_and_search_over_http(live_service: LiveService) -> None:
