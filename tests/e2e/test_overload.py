@@ -61,7 +61,11 @@ def test_overload_sheds_fast_with_retry_after_and_never_5xx_otherwise(reproduced
             assert body["request_id"]
             assert body["retry_after_s"] == int(r.headers["Retry-After"])
         fast = sorted(elapsed for elapsed, r in shed if r.json()["reason"] != "expired")
-        assert fast and fast[len(fast) // 2] < 1.0, f"shed answers must not wait for the model: {fast[:5]}"  # noqa: PT018
+        assert fast, "the queue must refuse some queries at the door (queue_full or deadline)"
+        # Shed at the door, not after waiting for the model: well under the 30 s the burst would take queued, even
+        # when the 2 cores are shared with other work (opening 120 connections at once then costs ~1 s; 0.1 s quiet).
+        shed_median = fast[len(fast) // 2]
+        assert shed_median < 2.0, f"shed answers took {shed_median:.2f} s (median)"
         for r in served:
             assert len(r.json()["results"]) == 4
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
