@@ -157,7 +157,7 @@ def _document_settings_bounds(app: FastAPI, settings: Settings) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            search_routes.document_limits(generate(), settings.service, settings.search.max_results)
+            search_routes.document_limits(generate(), settings)
         assert app.openapi_schema is not None
         return app.openapi_schema
 

@@ -75,13 +75,17 @@ class AdapterError(Exception):
         self.detail = detail
 
 
-def validation_detail(exc: ValidationError) -> str:
-    """pydantic's errors as one line: `terms.1.weight: ...; k: ...` (no 'Value error, ' noise)."""
+def validation_detail(exc: ValidationError, prefix: str = "") -> str:
+    """pydantic's errors as one line: `terms.1.weight: ...; k: ...` (no 'Value error, ' noise); `prefix` names
+    the object validated (`filters.`) when the model is a part of the request."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
+        if where:
+            parts.append(f"{prefix}{where}: {msg}")
+        else:
+            parts.append(f"{prefix.rstrip('.')}: {msg}" if prefix else msg)
     return "; ".join(parts) or "invalid query"
 
 

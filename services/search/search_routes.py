@@ -21,13 +21,22 @@ from clipsearch.query import MAX_FILTER_VALUES, CursorError, Filters, Orientatio
 from clipsearch.query import Query as ClipQuery
 from clipsearch.rerank.thumbnails import make_thumbnail
 from clipsearch.safe_fetch import FetchError
-from clipsearch.settings import ServiceSettings
+from clipsearch.settings import Settings
 from clipsearch.types import SearchResult
 from clipsearch.understand.turn import Turn
 from clipsearch.unsplash import photo_image_url
 from services.search.batching import ClientDisconnected
 from services.search.index_manager import ServingIndex
-from services.search.query_adapters import BLANK_CHARS, AdapterError, Posted, from_body, from_get, read_request
+from services.search.query_adapters import (
+    BLANK_CHARS,
+    AdapterError,
+    Posted,
+    from_body,
+    from_get,
+    max_offset,
+    read_request,
+    validation_detail,
+)
 from services.search.schemas import (
     ErrorResponse,
     PageResponse,
@@ -92,15 +101,6 @@ GET_PARAMS = frozenset(
 )
 
 
-def _validation_message(exc: ValidationError, prefix: str = "") -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{prefix}{where}: {msg}" if where else f"{prefix.rstrip('.') or 'request'}: {msg}")
-    return "; ".join(parts)
-
-
 def _check_rerank(svc: ServiceState, query: ClipQuery) -> ClipQuery:
     if query.rerank == "on" and not svc.rerank_available:
         raise HTTPException(
@@ -135,14 +135,15 @@ def _constrain(node: dict[str, Any], **bounds: object) -> None:
             branch["items"].update(bounds)  # a repeatable parameter: each value
 
 
-def document_limits(openapi: dict[str, Any], limits: ServiceSettings, max_results: int) -> None:
+def document_limits(openapi: dict[str, Any], settings: Settings) -> None:
     """Write the service's settings-dependent bounds (query length, k, candidates, offset) into its OpenAPI
     document, and `near`'s pattern (checked by `_near` with its own message)."""
+    limits = settings.service
     bounds: dict[str, dict[str, object]] = {
         "q": {"minLength": 1, "maxLength": limits.max_query_chars, "pattern": QUERY_PATTERN},
         "k": {"minimum": 1, "maximum": limits.max_k},
         "candidates": {"minimum": 1, "maximum": limits.max_candidates},
-        "offset": {"minimum": 0, "maximum": max(0, max_results - limits.max_k)},
+        "offset": {"minimum": 0, "maximum": max_offset(settings)},
         "near": {"pattern": NEAR_PATTERN},
         # repeatable: each `not` is a text like q (at least one non-blank character), each `like` a photo id
         "not": {"minLength": 1, "maxLength": limits.max_query_chars, "pattern": QUERY_PATTERN},
@@ -180,7 +181,7 @@ def filters_from_params(params: dict[str, object]) -> Filters:
     try:
         return Filters.model_validate(fields)
     except ValidationError as exc:
-        raise HTTPException(422, detail=_validation_message(exc, "filters.")) from None
+        raise HTTPException(422, detail=validation_detail(exc, "filters.")) from None
 
 
 def _rerank_outcome(requested: RerankMode, result: SearchResult) -> tuple[str | None, str]:
