@@ -195,6 +195,8 @@ class QueryBatcher:
         self._direct.shutdown(wait=False)
 
     def _remember(self, engine: SearchEngine, query: Query, prepared: Prepared) -> None:
+        if self.results.max_size <= 0:  # caching off: no key to build, no page to copy
+            return
         self.results.put((id(engine), query_key(query)), (engine, replace(prepared, info=copy.deepcopy(prepared.info))))
 
     # -- worker ---------------------------------------------------------------------------------------
